@@ -75,7 +75,9 @@ def _attend_decodes(
     blocks = block_tables[:, pos // block_size].long()  # [n, max_len]
     slots = blocks * block_size + pos % block_size
     valid = pos[None, :] < seq_lens[:, None].long()
-    slots = torch.where(valid, slots, torch.zeros_like(slots))
+    # Padding positions re-read the sequence's own position 0: a real, finite row. (Slot 0
+    # of the pool may belong to nobody and hold garbage or NaN, and 0 * NaN poisons P @ V.)
+    slots = torch.where(valid, slots, slots[:, :1])
     flat_k = k_cache.view(-1, num_kv_heads, head_dim)
     flat_v = v_cache.view(-1, num_kv_heads, head_dim)
     k = flat_k[slots].float()  # [n, L, kvh, d]

@@ -1,0 +1,105 @@
+"""Random paged-attention batches for tests and benchmarks (no triton import).
+
+A batch is described by two lists: how many new query tokens each sequence brings and its
+context length after this step. Block tables are random permutations of a pool with many
+more blocks than used, so a kernel that ignores the table, assumes contiguity or reads a
+neighbour's block gets visibly wrong answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PagedBatch:
+    q: torch.Tensor  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor
+    cu_query_lens: torch.Tensor  # int32 [num_seqs + 1]
+    seq_lens: torch.Tensor  # int32 [num_seqs]
+    block_tables: torch.Tensor  # int32 [num_seqs, max_blocks]
+    scale: float
+    query_lens: list[int]
+    context_lens: list[int]
+
+    def args(self) -> tuple:
+        """Positional arguments of `unified_attention`."""
+        return (
+            self.q,
+            self.k_cache,
+            self.v_cache,
+            self.cu_query_lens,
+            self.seq_lens,
+            self.block_tables,
+            self.scale,
+        )
+
+
+def make_paged_batch(
+    query_lens: list[int],
+    context_lens: list[int],
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    spare_blocks: int | None = None,
+    poison_unused: bool = True,
+) -> PagedBatch:
+    """Build a batch; sequence s has query_lens[s] new tokens and context_lens[s] in all.
+
+    poison_unused fills every cache slot that no sequence owns (and the tail of each last
+    block) with NaN: a kernel that lets an unread row leak into its sums returns NaN.
+    """
+    assert len(query_lens) == len(context_lens)
+    assert all(1 <= q <= c for q, c in zip(query_lens, context_lens))
+    gen = torch.Generator().manual_seed(seed)
+    blocks_per_seq = [math.ceil(c / block_size) for c in context_lens]
+    used = sum(blocks_per_seq)
+    spare = spare_blocks if spare_blocks is not None else used + 3
+    num_blocks = used + spare
+    max_blocks = max(blocks_per_seq) + 2  # wider than needed: the tail must not be read
+    perm = torch.randperm(num_blocks, generator=gen)
+    tables = torch.randint(0, num_blocks, (len(query_lens), max_blocks), generator=gen)
+    start = 0
+    for s, n in enumerate(blocks_per_seq):
+        tables[s, :n] = perm[start : start + n]
+        start += n
+
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.randn(shape, generator=gen).to(dtype)
+    v_cache = torch.randn(shape, generator=gen).to(dtype)
+    if poison_unused:
+        owned = torch.zeros(num_blocks * block_size, dtype=torch.bool)
+        for s, c in enumerate(context_lens):
+            pos = torch.arange(c)
+            owned[tables[s, pos // block_size] * block_size + pos % block_size] = True
+        for cache in (k_cache, v_cache):
+            cache.view(num_blocks * block_size, -1)[~owned] = float("nan")
+
+    q = torch.randn(sum(query_lens), num_heads, head_dim, generator=gen).to(dtype)
+    cu = torch.tensor([0, *itertools.accumulate(query_lens)], dtype=torch.int32)
+    return PagedBatch(
+        q=q.to(device),
+        k_cache=k_cache.to(device),
+        v_cache=v_cache.to(device),
+        cu_query_lens=cu.to(device),
+        seq_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
+        block_tables=tables.to(torch.int32).to(device),
+        scale=head_dim**-0.5,
+        query_lens=list(query_lens),
+        context_lens=list(context_lens),
+    )
+
+
+def nan_like(t: torch.Tensor) -> torch.Tensor:
+    """An output buffer full of NaN, so any element a kernel forgets to write shows."""
+    return torch.full_like(t, float("nan"))

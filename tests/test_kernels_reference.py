@@ -1,0 +1,164 @@
+"""The torch kernels (the engine's CPU path and the Triton kernels' definition) against a
+naive dense causal attention written here from the spec, one sequence at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.reference import store_kv_torch, unified_attention_torch
+from kernels.testing import make_paged_batch, nan_like
+
+
+def naive_attention(q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale):
+    """Per sequence: walk the block table position by position, build the full score
+    matrix with an explicit causal mask, softmax, multiply by V (all in float64)."""
+    num_heads = q.shape[1]
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    out = torch.empty(q.shape, dtype=torch.float64)
+    for s in range(len(seq_lens)):
+        start, end = int(cu_query_lens[s]), int(cu_query_lens[s + 1])
+        ctx, q_len = int(seq_lens[s]), end - start
+        rows_k, rows_v = [], []
+        for pos in range(ctx):
+            block = int(block_tables[s, pos // block_size])
+            rows_k.append(k_cache[block, pos % block_size])
+            rows_v.append(v_cache[block, pos % block_size])
+        k = torch.stack(rows_k).double()  # [ctx, kvh, d]
+        v = torch.stack(rows_v).double()
+        mask = torch.zeros(q_len, ctx, dtype=torch.bool)
+        for i in range(q_len):
+            mask[i, : ctx - q_len + i + 1] = True
+        for h in range(num_heads):
+            scores = q[start:end, h].double() @ k[:, h // group].T * scale
+            scores = scores.masked_fill(~mask, float("-inf"))
+            out[start:end, h] = torch.softmax(scores, dim=-1) @ v[:, h // group]
+    return out
+
+
+# (query_lens, context_lens): every batch shape the engine produces.
+BATCHES = {
+    "decode_only": ([1, 1, 1, 1], [1, 17, 40, 9]),
+    "prefill_only": ([13, 5, 33], [13, 5, 33]),
+    "chunked_prefill": ([7, 16], [30, 50]),
+    "mixed": ([1, 9, 1, 20, 1, 3], [25, 9, 1, 47, 64, 40]),
+    "single_token_seq": ([1], [1]),
+}
+HEADS = {"mha": (4, 4), "gqa3": (6, 2), "gqa4": (8, 2)}
+
+
+@pytest.mark.parametrize("block_size", [8, 16, 32])
+@pytest.mark.parametrize("heads", list(HEADS), ids=str)
+@pytest.mark.parametrize("batch", list(BATCHES), ids=str)
+def test_unified_attention_matches_naive(block_size, heads, batch):
+    num_heads, num_kv_heads = HEADS[heads]
+    query_lens, context_lens = BATCHES[batch]
+    b = make_paged_batch(
+        query_lens,
+        context_lens,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=16,
+        block_size=block_size,
+        seed=block_size + len(batch),
+    )
+    out = nan_like(b.q)
+    result = unified_attention_torch(*b.args(), out=out)
+    assert result is out
+    expected = naive_attention(*b.args())
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("head_dim", [64, 80])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_unified_attention_half_dtypes(head_dim, dtype):
+    b = make_paged_batch(
+        [1, 6, 1],
+        [19, 30, 3],
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=head_dim,
+        block_size=16,
+        dtype=dtype,
+    )
+    out = nan_like(b.q)
+    unified_attention_torch(*b.args(), out=out)
+    assert out.dtype == dtype
+    expected = naive_attention(*b.args())
+    torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_unified_attention_allocates_output():
+    b = make_paged_batch([3, 1], [3, 12], num_heads=4, num_kv_heads=2, head_dim=16, block_size=8)
+    out = unified_attention_torch(*b.args())
+    assert out.shape == b.q.shape and out.dtype == b.q.dtype
+    torch.testing.assert_close(out.double(), naive_attention(*b.args()), rtol=1e-5, atol=1e-5)
+
+
+def test_public_entry_point_uses_torch_on_cpu():
+    import kernels
+
+    b = make_paged_batch([1, 4], [10, 4], num_heads=4, num_kv_heads=1, head_dim=16, block_size=8)
+    out = nan_like(b.q)
+    kernels.unified_attention(*b.args(), out=out)
+    torch.testing.assert_close(out.double(), naive_attention(*b.args()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_size", [8, 16, 32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_store_kv_writes_only_its_slots(block_size, dtype):
+    gen = torch.Generator().manual_seed(block_size)
+    num_blocks, kvh, d, n = 12, 3, 16, 20
+    k_cache = torch.randn(num_blocks, block_size, kvh, d, generator=gen).to(dtype)
+    v_cache = torch.randn(num_blocks, block_size, kvh, d, generator=gen).to(dtype)
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:n]
+    slots[[2, 7, 19]] = -1  # padding tokens: must not be written anywhere
+    key = torch.randn(n, kvh, d, generator=gen).to(dtype)
+    value = torch.randn(n, kvh, d, generator=gen).to(dtype)
+    expect_k, expect_v = k_cache.clone(), v_cache.clone()
+    for t, slot in enumerate(slots.tolist()):
+        if slot >= 0:
+            expect_k[slot // block_size, slot % block_size] = key[t]
+            expect_v[slot // block_size, slot % block_size] = value[t]
+
+    store_kv_torch(key, value, k_cache, v_cache, slots.to(torch.int64))
+    assert torch.equal(k_cache, expect_k)
+    assert torch.equal(v_cache, expect_v)
+
+
+def test_store_kv_all_skipped_and_public_entry_point():
+    import kernels
+
+    k_cache = torch.randn(4, 8, 2, 16)
+    v_cache = torch.randn(4, 8, 2, 16)
+    before_k, before_v = k_cache.clone(), v_cache.clone()
+    key = torch.randn(3, 2, 16)
+    kernels.store_kv(key, key, k_cache, v_cache, torch.full((3,), -1, dtype=torch.int64))
+    assert torch.equal(k_cache, before_k) and torch.equal(v_cache, before_v)
+
+
+def test_store_then_attend_roundtrip():
+    """store_kv followed by attention over the stored rows: the engine's per-layer order."""
+    import kernels
+
+    block_size, kvh, heads, d = 8, 2, 4, 16
+    k_cache = torch.zeros(6, block_size, kvh, d)
+    v_cache = torch.zeros(6, block_size, kvh, d)
+    tables = torch.tensor([[4, 1, 3]], dtype=torch.int32)
+    n = 19
+    slots = torch.tensor(
+        [int(tables[0, p // block_size]) * block_size + p % block_size for p in range(n)]
+    )
+    k, v, q = torch.randn(n, kvh, d), torch.randn(n, kvh, d), torch.randn(n, heads, d)
+    kernels.store_kv(k, v, k_cache, v_cache, slots)
+    cu = torch.tensor([0, n], dtype=torch.int32)
+    lens = torch.tensor([n], dtype=torch.int32)
+    out = kernels.unified_attention(q, k_cache, v_cache, cu, lens, tables, d**-0.5)
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1),
+        k.transpose(0, 1).repeat_interleave(heads // kvh, 0),
+        v.transpose(0, 1).repeat_interleave(heads // kvh, 0),
+        is_causal=True,
+    ).transpose(0, 1)
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
