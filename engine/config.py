@@ -1,0 +1,71 @@
+"""The engine's one configuration object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# On CPU the cache gets a fixed byte budget that sits comfortably next to the weights.
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Everything that shapes an engine. `None` model = the bundled SmolLM2-135M-Instruct.
+
+    kv_cache_bytes is the KV budget on CPU; gpu_memory_fraction the share of the GPU's
+    memory the engine may use in all (weights + activations + cache) on CUDA.
+    """
+
+    model: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    block_size: int = 16
+    kv_cache_bytes: int | None = None
+    gpu_memory_fraction: float = 0.9
+    num_kv_blocks: int | None = None  # overrides both sizes above (tests, the learner's demos)
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 1024
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    attention_backend: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(
+                f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"
+            )
+        if self.kv_cache_bytes is not None and self.kv_cache_bytes <= 0:
+            raise ValueError(f"kv_cache_bytes must be > 0, got {self.kv_cache_bytes}")
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ValueError(
+                f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}"
+            )
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA device")
+        return device
+
+    def resolve_dtype(self, device: torch.device) -> torch.dtype:
+        names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        if self.dtype != "auto":
+            if self.dtype not in names:
+                raise ValueError(f"dtype must be 'auto' or one of {sorted(names)}, got {self.dtype!r}")
+            return names[self.dtype]
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32  # CPU matmuls are fastest and exact in fp32

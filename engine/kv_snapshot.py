@@ -1,0 +1,82 @@
+"""An immutable picture of the KV cache, for the GUI's block panel and for tests."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from collections.abc import Mapping
+
+import numpy as np
+
+from engine.kv_events import KVEvent
+
+
+class BlockState(enum.IntEnum):
+    FREE = 0
+    IN_USE = 1
+    CACHED_FREE = 2  # free, but holds a full hashed block a prompt can still hit
+
+
+@dataclass(frozen=True)
+class KVSnapshot:
+    num_blocks: int
+    block_size: int
+    states: np.ndarray  # int8 [num_blocks], BlockState values
+    ref_counts: np.ndarray  # int32 [num_blocks]
+    num_filled: np.ndarray  # int32 [num_blocks], slots holding computed K/V
+    hashes: tuple[int | None, ...]
+    cached_token_ids: tuple[tuple[int, ...] | None, ...]  # tokens of hashed blocks
+    block_tables: Mapping[str, tuple[int, ...]]
+    request_token_ids: Mapping[str, tuple[int, ...]]  # each request's computed tokens
+    events: tuple[KVEvent, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for arr in (self.states, self.ref_counts, self.num_filled):
+            arr.setflags(write=False)
+        object.__setattr__(self, "block_tables", MappingProxyType(dict(self.block_tables)))
+        object.__setattr__(
+            self, "request_token_ids", MappingProxyType(dict(self.request_token_ids))
+        )
+
+    def state(self, block_id: int) -> BlockState:
+        return BlockState(int(self.states[block_id]))
+
+    def owners(self, block_id: int) -> tuple[str, ...]:
+        """Request ids whose block table holds this block."""
+        return tuple(rid for rid, t in self.block_tables.items() if block_id in t)
+
+    def owners_by_block(self) -> dict[int, tuple[str, ...]]:
+        result: dict[int, list[str]] = {}
+        for rid, table in self.block_tables.items():
+            for b in table:
+                result.setdefault(b, []).append(rid)
+        return {b: tuple(r) for b, r in result.items()}
+
+    def block_tokens(self, block_id: int) -> tuple[int, ...]:
+        """The token ids whose K/V the block holds (for the GUI's tooltip)."""
+        cached = self.cached_token_ids[block_id]
+        if cached is not None:
+            return cached
+        for rid, table in self.block_tables.items():
+            if block_id in table:
+                i = table.index(block_id)
+                toks = self.request_token_ids[rid]
+                return toks[i * self.block_size : (i + 1) * self.block_size]
+        return ()
+
+    @property
+    def num_free(self) -> int:
+        return int((self.states == BlockState.FREE).sum())
+
+    @property
+    def num_in_use(self) -> int:
+        return int((self.states == BlockState.IN_USE).sum())
+
+    @property
+    def num_cached_free(self) -> int:
+        return int((self.states == BlockState.CACHED_FREE).sum())
+
+    @property
+    def usage(self) -> float:
+        return self.num_in_use / self.num_blocks

@@ -1,0 +1,138 @@
+"""Continuous batching under a token budget, as vLLM V1 schedules a step.
+
+There is no prefill phase and no decode phase: every request has a number of computed
+tokens to bring up to its length. Running requests go first (oldest first), then waiting
+ones; a prompt larger than the budget left is cut into chunks (chunked prefill); when
+blocks run out, the newest running request is preempted and recomputed later.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.kv_cache_manager import KVCacheManager
+from engine.request import Request, RequestStatus
+
+
+@dataclass(slots=True)
+class ScheduledRequest:
+    request: Request
+    num_new_tokens: int
+
+    @property
+    def start(self) -> int:
+        """Position of the first token this step computes."""
+        return self.request.num_computed_tokens
+
+    @property
+    def samples(self) -> bool:
+        """A step that reaches the request's last token yields logits to sample from."""
+        return self.start + self.num_new_tokens == self.request.num_tokens
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+    num_prefix_hit_tokens: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        kv_manager: KVCacheManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+    ):
+        self.kv = kv_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions_total = 0
+
+    # ---------------------------------------------------------------- queue
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish(self, request: Request, status: RequestStatus) -> None:
+        """Take a request out of the queues and give its blocks back."""
+        request.status = status
+        request.finished_time = time.monotonic()
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.kv.free(request, reason="abort" if status is RequestStatus.FINISHED_ABORTED else "finish")
+
+    # ---------------------------------------------------------------- one step
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        budget = self._schedule_running(out, budget)
+        if not out.preempted:
+            self._schedule_waiting(out, budget)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            n = min(request.num_tokens - request.num_computed_tokens, budget)
+            while not self.kv.allocate_slots(request, n):
+                victim = self.running[-1]
+                self._preempt(victim, out)
+                if victim is request:
+                    break
+            else:
+                out.scheduled.append(ScheduledRequest(request, n))
+                budget -= n
+                i += 1
+                continue
+            break  # the request itself was preempted: nothing after it is left either
+        return budget
+
+    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
+        """Recompute later: free its blocks and put it at the front of the queue."""
+        self.running.remove(request)
+        self.kv.free(request, reason="preempt")
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions_total += 1
+        self.waiting.appendleft(request)
+        out.preempted.append(request)
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            request = self.waiting[0]
+            hits = self.kv.find_cached_prefix(request)
+            num_cached = len(hits) * self.kv.block_size
+            n = min(request.num_tokens - num_cached, budget)
+            if not self.kv.allocate_slots(request, n, hits):
+                break  # no head-of-line skipping: wait for blocks to come back
+            self.waiting.popleft()
+            self.kv.record_prefix_lookup(request.num_tokens, num_cached)
+            request.num_computed_tokens = num_cached
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_cached
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = time.monotonic()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            out.scheduled.append(ScheduledRequest(request, n))
+            out.num_prefix_hit_tokens += num_cached
+            budget -= n
