@@ -1,0 +1,1 @@
+"""pagedesk's application layer: the entry point and the wiring of engine and window."""

@@ -1,0 +1,33 @@
+"""`pagedesk` / `python -m app`: the command line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pagedesk", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    demo = sub.add_parser("demo", help="stream a chat reply in the terminal and show the KV cache")
+    demo.add_argument("--model", default=None, help="model dir, cached Hub repo id or .gguf file")
+    demo.add_argument("--question", default=None)
+    demo.add_argument("--max-tokens", type=int, default=160)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from app.demo import DEFAULT_QUESTION, run_demo
+
+    if args.command in (None, "demo"):
+        run_demo(
+            getattr(args, "question", None) or DEFAULT_QUESTION,
+            model=getattr(args, "model", None),
+            max_tokens=getattr(args, "max_tokens", 160),
+        )
+
+
+if __name__ == "__main__":
+    main()
