@@ -25,6 +25,14 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=model, **config))
         self._ids = itertools.count()
 
+    @classmethod
+    def from_engine(cls, engine: LLMEngine) -> LLM:
+        """Wrap an engine that is already built (tests, apps sharing one engine)."""
+        llm = cls.__new__(cls)
+        llm.engine = engine
+        llm._ids = itertools.count()
+        return llm
+
     @property
     def tokenizer(self):
         return self.engine.tokenizer
