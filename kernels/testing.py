@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -103,3 +106,31 @@ def make_paged_batch(
 def nan_like(t: torch.Tensor) -> torch.Tensor:
     """An output buffer full of NaN, so any element a kernel forgets to write shows."""
     return torch.full_like(t, float("nan"))
+
+
+def run_pytest_file(path: str, *, interpret: bool, timeout: float = 900) -> tuple[int, str]:
+    """Run one test file in a child pytest with TRITON_INTERPRET on or off.
+
+    @triton.jit fixes interpreted-vs-compiled when kernels.triton_* is first imported, so
+    a test file that needs the other mode than this process has runs itself in a child.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path]
+    proc = subprocess.run(
+        cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def triton_mode_is_interpreted() -> bool:
+    """True when this process's Triton kernels are (or will be, on first import) interpreted."""
+    mod = sys.modules.get("kernels.triton_attention") or sys.modules.get("kernels.triton_store_kv")
+    if mod is not None:
+        return bool(mod.INTERPRET)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -1,0 +1,225 @@
+"""Compile every kernel variant the engine can launch for sm_90 (H100/H200) and sm_80 (A100)
+without a GPU: `triton.compile(ASTSource(...), target=GPUTarget(...))` runs the whole
+pipeline down to a cubin (the wheel carries ptxas). This catches what the interpreter lets
+through: tl.dot shape rules, type errors, shared memory beyond the chip's limit, and
+register spills (read back from the cubin with cuobjdump).
+
+A compile takes ~1-2 s here (fp32 up to ~5 s), so instead of the full product
+(3 dtypes x 5 head sizes x 5 block sizes x GQA ratios x decode/prefill/split x 2 targets)
+the cases below cover every dtype x head size pair in prefill (the heaviest variant) on
+sm_90 and in split-KV decode on sm_80, the heaviest shapes on both targets, every block
+size 8..128 and GQA ratios 1/3/4/8 spread over those, non-split decode, the reduce kernel
+for every padded head size and the smallest and largest segment counts, and store_kv for
+every dtype. Configurations come from `choose_config`, the function the launcher uses, so
+the test follows any change of tiles. Compiles are cached by Triton (~/.triton/cache):
+a rerun without kernel changes takes seconds.
+
+Runs in a child process when this process's kernels are interpreted (TRITON_INTERPRET=1):
+the compiler needs real @triton.jit functions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+import torch
+
+from kernels.testing import run_pytest_file, triton_mode_is_interpreted
+
+if triton_mode_is_interpreted():
+
+    def test_compile_suite_in_child_process():
+        rc, log = run_pytest_file(__file__, interpret=False)
+        assert rc == 0, log[-6000:]
+
+else:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels import triton_attention as ta
+    from kernels import triton_store_kv as ts
+
+    TARGETS = {90: 232448, 80: 166912}  # max dynamic shared memory per block (bytes)
+    DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+    HEAD_SIZES = (64, 80, 96, 128, 256)
+    BLOCK_SIZES = (8, 16, 32, 64, 128)
+    GQA = ((8, 8), (12, 4), (32, 8), (32, 4))  # (num_heads, num_kv_heads): ratios 1, 3, 4, 8
+    # A spill of a few bytes (sm_80 prefill) costs nothing measurable; more would.
+    MAX_STACK_BYTES = 64
+
+    def _signature(fn, types: dict[str, str], constexprs: dict) -> dict[str, str]:
+        sig = {}
+        for name in fn.arg_names:
+            if name in constexprs:
+                sig[name] = "constexpr"
+            elif name in types:
+                sig[name] = types[name]
+            else:
+                sig[name] = "i32"
+        return sig
+
+    def _compile(fn, types, constexprs, cc, num_warps, num_stages=2):
+        sig = _signature(fn, types, constexprs)
+        # At launch Triton marks pointers and ints divisible by 16 (all our pointers and
+        # strides are): without the same hint the compiler cannot vectorise loads and the
+        # register counts here would not be the ones the GPU runs with.
+        attrs = {
+            (i,): [["tt.divisibility", 16]]
+            for i, (name, kind) in enumerate(sig.items())
+            if kind.startswith("*") or name.startswith("stride")
+        }
+        src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+        return triton.compile(
+            src,
+            target=GPUTarget("cuda", cc, 32),
+            options={"num_warps": num_warps, "num_stages": num_stages},
+        )
+
+    def _resources(kernel) -> dict[str, int] | None:
+        """REG / STACK / SHARED of the cubin's function, via the wheel's cuobjdump."""
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+        if not os.path.exists(tool):
+            tool = shutil.which("cuobjdump")
+        if not tool:
+            return None
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            text = subprocess.run(
+                [tool, "-res-usage", f.name], capture_output=True, text=True
+            ).stdout
+        line = next(ln for ln in text.splitlines() if "REG:" in ln)
+        return {k: int(v) for k, v in (f.split(":") for f in line.split()[:4])}
+
+    def _check(kernel, cc: int) -> None:
+        assert kernel.asm["ptx"] and kernel.asm["cubin"]
+        assert kernel.metadata.shared <= TARGETS[cc], f"shared {kernel.metadata.shared}"
+        res = _resources(kernel)
+        if res is not None:
+            assert res["STACK"] <= MAX_STACK_BYTES, f"register spills: {res}"
+
+    def _attention_types(dtype: torch.dtype) -> dict[str, str]:
+        t = "*" + DTYPES[dtype]
+        i32, f32 = "*i32", "*fp32"
+        return {
+            "out_ptr": t, "q_ptr": t, "k_cache_ptr": t, "v_cache_ptr": t,
+            "block_tables_ptr": i32, "seq_lens_ptr": i32, "cu_q_ptr": i32,
+            "seg_acc_ptr": f32, "seg_m_ptr": f32, "seg_l_ptr": f32, "scale_log2": "fp32",
+        }  # fmt: skip
+
+    def _config(dtype, head_dim, block_size, heads, mode):
+        """mode: 'prefill', 'decode' (no split) or 'split' (flash-decoding, auto segments)."""
+        num_heads, num_kv_heads = heads
+        decode = mode != "prefill"
+        num_seqs = 2 if mode == "split" else 64
+        return ta.choose_config(
+            num_tokens=num_seqs if decode else 4096,
+            num_seqs=num_seqs,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            block_size=block_size,
+            dtype=dtype,
+            max_context_bound=8192,
+            num_sms=132,
+            decode_only=decode,
+            num_segments=None if mode == "split" else 1,
+        )
+
+    def _attention_cases():
+        cases = []
+        blocks = itertools.cycle(BLOCK_SIZES)
+        gqa = itertools.cycle(GQA)
+        for dtype, head in itertools.product(DTYPES, HEAD_SIZES):
+            cases.append((dtype, head, next(blocks), next(gqa), "prefill", 90))
+            cases.append((dtype, head, next(blocks), next(gqa), "split", 80))
+        # the heaviest shapes on the other target too, and decode without split
+        for dtype in DTYPES:
+            cases.append((dtype, 256, 16, (32, 8), "prefill", 80))
+            cases.append((dtype, 128, 16, (32, 8), "decode", 90))
+        cases.append((torch.bfloat16, 128, 128, (32, 8), "split", 90))
+        cases.append((torch.float16, 64, 8, (9, 3), "decode", 80))
+        return cases
+
+    def _case_id(case):
+        dtype, head, block, heads, mode, cc = case
+        return f"{DTYPES[dtype]}-d{head}-bs{block}-g{heads[0] // heads[1]}-{mode}-sm{cc}"
+
+    @pytest.mark.parametrize("case", _attention_cases(), ids=_case_id)
+    def test_attention_kernel_compiles(case):
+        dtype, head, block, heads, mode, cc = case
+        cfg = _config(dtype, head, block, heads, mode)
+        assert (cfg.num_segments > 1) == (mode == "split")
+        constexprs = {
+            "Q_PER_KV": cfg.q_per_kv, "HEAD_DIM": cfg.head_dim, "HEAD_PAD": cfg.head_pad,
+            "BLOCK_SIZE": cfg.block_size, "TILE_N": cfg.tile_n, "BLOCK_Q": cfg.block_q,
+            "BLOCK_M": cfg.block_m, "NUM_SEGMENTS": cfg.num_segments, "CAST_F32": False,
+            "DOT_PRECISION": ta._dot_precision(dtype),
+        }  # fmt: skip
+        kernel = _compile(
+            ta._attention_kernel,
+            _attention_types(dtype),
+            constexprs,
+            cc,
+            cfg.num_warps,
+            cfg.num_stages,
+        )
+        _check(kernel, cc)
+
+    @pytest.mark.parametrize(
+        "dtype,head,segments,cc",
+        [
+            (torch.bfloat16, 64, ta.SEGMENT_CHOICES[0], 90),
+            (torch.float16, 80, ta.SEGMENT_CHOICES[-1], 80),
+            (torch.bfloat16, 128, ta.SEGMENT_CHOICES[-1], 90),
+            (torch.float32, 128, 16, 80),
+            (torch.float16, 256, ta.SEGMENT_CHOICES[-1], 90),
+            (torch.bfloat16, 256, ta.SEGMENT_CHOICES[0], 80),
+        ],
+        ids=lambda v: str(v).replace("torch.", ""),
+    )
+    def test_reduce_kernel_compiles(dtype, head, segments, cc):
+        types = {"out_ptr": "*" + DTYPES[dtype], "seg_acc_ptr": "*fp32",
+                 "seg_m_ptr": "*fp32", "seg_l_ptr": "*fp32"}  # fmt: skip
+        constexprs = {
+            "HEAD_DIM": head,
+            "HEAD_PAD": triton.next_power_of_2(head),
+            "NUM_SEGMENTS": segments,
+        }
+        kernel = _compile(ta._reduce_segments_kernel, types, constexprs, cc, num_warps=4)
+        _check(kernel, cc)
+
+    def test_auto_split_reaches_only_compiled_segment_counts():
+        seen = set()
+        for seqs, kv, bound in itertools.product((1, 2, 4, 16, 64, 256), (1, 2, 8), (16, 512, 8192)):
+            cfg = ta.choose_config(
+                num_tokens=seqs, num_seqs=seqs, num_heads=kv * 4, num_kv_heads=kv,
+                head_dim=128, block_size=16, dtype=torch.bfloat16,
+                max_context_bound=bound, num_sms=132, decode_only=True,
+            )  # fmt: skip
+            seen.add(cfg.num_segments)
+        assert seen <= {1, *ta.SEGMENT_CHOICES}
+        assert 1 in seen and ta.SEGMENT_CHOICES[-1] in seen
+
+    @pytest.mark.parametrize(
+        "dtype,kv_heads,head,cc",
+        [
+            (torch.float16, 8, 128, 90),
+            (torch.bfloat16, 3, 64, 80),
+            (torch.float32, 4, 80, 90),
+            (torch.bfloat16, 32, 256, 90),
+        ],
+        ids=lambda v: str(v).replace("torch.", ""),
+    )
+    def test_store_kv_kernel_compiles(dtype, kv_heads, head, cc):
+        t = "*" + DTYPES[dtype]
+        types = {"key_ptr": t, "value_ptr": t, "k_cache_ptr": t, "v_cache_ptr": t,
+                 "slot_ptr": "*i64"}  # fmt: skip
+        kernel = _compile(ts._store_kv_kernel, types, ts.store_kv_meta(kv_heads, head), cc, 4)
+        _check(kernel, cc)
