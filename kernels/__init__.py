@@ -13,6 +13,7 @@ that first use.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -28,6 +29,7 @@ __all__ = ["resolve_backend", "store_kv", "unified_attention"]
 BACKENDS = ("torch", "triton")
 
 
+@functools.lru_cache(maxsize=1)
 def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -76,27 +76,30 @@ def make_paged_batch(
     for s, n in enumerate(blocks_per_seq):
         tables[s, :n] = perm[start : start + n]
         start += n
+    tables = tables.to(torch.int32).to(device)
 
+    # Random data is drawn on the target device: CPU randn of GPU-sized caches is slow.
+    dgen = torch.Generator(device=device).manual_seed(seed)
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.randn(shape, generator=gen).to(dtype)
-    v_cache = torch.randn(shape, generator=gen).to(dtype)
+    k_cache = torch.randn(shape, generator=dgen, device=device).to(dtype)
+    v_cache = torch.randn(shape, generator=dgen, device=device).to(dtype)
     if poison_unused:
-        owned = torch.zeros(num_blocks * block_size, dtype=torch.bool)
+        owned = torch.zeros(num_blocks * block_size, dtype=torch.bool, device=device)
         for s, c in enumerate(context_lens):
-            pos = torch.arange(c)
-            owned[tables[s, pos // block_size] * block_size + pos % block_size] = True
+            pos = torch.arange(c, device=device)
+            owned[tables[s, pos // block_size].long() * block_size + pos % block_size] = True
         for cache in (k_cache, v_cache):
             cache.view(num_blocks * block_size, -1)[~owned] = float("nan")
 
-    q = torch.randn(sum(query_lens), num_heads, head_dim, generator=gen).to(dtype)
+    q = torch.randn(sum(query_lens), num_heads, head_dim, generator=dgen, device=device)
     cu = torch.tensor([0, *itertools.accumulate(query_lens)], dtype=torch.int32)
     return PagedBatch(
-        q=q.to(device),
-        k_cache=k_cache.to(device),
-        v_cache=v_cache.to(device),
+        q=q.to(dtype),
+        k_cache=k_cache,
+        v_cache=v_cache,
         cu_query_lens=cu.to(device),
         seq_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
-        block_tables=tables.to(torch.int32).to(device),
+        block_tables=tables,
         scale=head_dim**-0.5,
         query_lens=list(query_lens),
         context_lens=list(context_lens),

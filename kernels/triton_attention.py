@@ -402,14 +402,29 @@ def unified_attention_triton(
     _check_inputs(q, k_cache, v_cache)
     if out is None:
         out = torch.empty_like(q)
+    if q.shape[0] == 0 or seq_lens.shape[0] == 0:
+        return out
+    cfg = config_for(q, k_cache, seq_lens, block_tables, max_query_len, max_seq_len, num_segments)
+    _launch(q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out, cfg)
+    return out
+
+
+def config_for(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    max_query_len: int | None = None,
+    max_seq_len: int | None = None,
+    num_segments: int | None = None,
+) -> AttentionConfig:
+    """The configuration `unified_attention_triton` launches for these tensors (shapes only)."""
     num_tokens, num_heads, head_dim = q.shape
     num_seqs = seq_lens.shape[0]
     _, block_size, num_kv_heads, _ = k_cache.shape
-    if num_tokens == 0 or num_seqs == 0:
-        return out
     decode_only = max_query_len == 1 if max_query_len is not None else num_tokens == num_seqs
     bound = max_seq_len if max_seq_len is not None else block_tables.shape[1] * block_size
-    cfg = choose_config(
+    return choose_config(
         num_tokens=num_tokens,
         num_seqs=num_seqs,
         num_heads=num_heads,
@@ -422,8 +437,6 @@ def unified_attention_triton(
         decode_only=decode_only,
         num_segments=num_segments,
     )
-    _launch(q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out, cfg)
-    return out
 
 
 def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:

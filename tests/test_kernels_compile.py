@@ -104,9 +104,10 @@ else:
         if res is not None:
             assert res["STACK"] <= MAX_STACK_BYTES, f"register spills: {res}"
 
-    def _attention_types(dtype: torch.dtype) -> dict[str, str]:
+    def _attention_types(dtype: torch.dtype, split: bool) -> dict[str, str]:
         t = "*" + DTYPES[dtype]
-        i32, f32 = "*i32", "*fp32"
+        i32 = "*i32"
+        f32 = "*fp32" if split else t  # without split the launcher passes `out` there
         return {
             "out_ptr": t, "q_ptr": t, "k_cache_ptr": t, "v_cache_ptr": t,
             "block_tables_ptr": i32, "seq_lens_ptr": i32, "cu_q_ptr": i32,
@@ -164,7 +165,7 @@ else:
         }  # fmt: skip
         kernel = _compile(
             ta._attention_kernel,
-            _attention_types(dtype),
+            _attention_types(dtype, cfg.num_segments > 1),
             constexprs,
             cc,
             cfg.num_warps,
