@@ -78,16 +78,18 @@ def _attend_decodes(
     # Padding positions re-read the sequence's own position 0: a real, finite row. (Slot 0
     # of the pool may belong to nobody and hold garbage or NaN, and 0 * NaN poisons P @ V.)
     slots = torch.where(valid, slots, slots[:, :1])
-    flat_k = k_cache.view(-1, num_kv_heads, head_dim)
-    flat_v = v_cache.view(-1, num_kv_heads, head_dim)
-    k = flat_k[slots].float()  # [n, L, kvh, d]
-    v = flat_v[slots].float()
-    group = num_heads // num_kv_heads
-    qg = q.float().view(n, num_kv_heads, group, head_dim)
-    scores = torch.einsum("nkgd,nlkd->nkgl", qg, k) * scale
-    scores.masked_fill_(~valid[:, None, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.einsum("nkgl,nlkd->nkgd", probs, v)
+    # index_select of whole rows, then one fused SDPA over strided views: ~2-3x faster on
+    # a CPU than advanced indexing + einsum, which copies K/V into bmm layouts.
+    idx = slots.reshape(-1)
+    k = k_cache.view(-1, num_kv_heads, head_dim).index_select(0, idx)
+    v = v_cache.view(-1, num_kv_heads, head_dim).index_select(0, idx)
+    k = k.view(n, max_len, num_kv_heads, head_dim).transpose(1, 2).float()
+    v = v.view(n, max_len, num_kv_heads, head_dim).transpose(1, 2).float()
+    # The query heads sharing a KV head take SDPA's query-length slot: no K/V repeat.
+    qg = q.float().view(n, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    out = F.scaled_dot_product_attention(
+        qg, k, v, attn_mask=valid[:, None, None, :], scale=scale
+    )
     return out.reshape(n, num_heads, head_dim)
 
 
