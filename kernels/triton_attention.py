@@ -129,7 +129,10 @@ def _attend_tile(
     return m_new, l_i, acc
 
 
-@triton.jit
+# Triton specialises integer arguments equal to 1 or divisible by 16 into separate
+# compiled variants; the batch size and the block-table width change from step to step,
+# so they stay generic (no recompiles mid-serving).
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt"])
 def _attention_kernel(
     out_ptr,
     q_ptr,

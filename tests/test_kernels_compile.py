@@ -67,12 +67,14 @@ else:
     def _compile(fn, types, constexprs, cc, num_warps, num_stages=2):
         sig = _signature(fn, types, constexprs)
         # At launch Triton marks pointers and ints divisible by 16 (all our pointers and
-        # strides are): without the same hint the compiler cannot vectorise loads and the
-        # register counts here would not be the ones the GPU runs with.
+        # strides are, except what the kernel keeps generic): without the same hint the
+        # compiler cannot vectorise loads and the register counts here would not be the
+        # ones the GPU runs with.
+        generic = {p.name for p in fn.params if p.do_not_specialize}
         attrs = {
             (i,): [["tt.divisibility", 16]]
             for i, (name, kind) in enumerate(sig.items())
-            if kind.startswith("*") or name.startswith("stride")
+            if (kind.startswith("*") or name.startswith("stride")) and name not in generic
         }
         src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
         return triton.compile(

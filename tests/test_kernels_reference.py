@@ -162,3 +162,26 @@ def test_store_then_attend_roundtrip():
         is_causal=True,
     ).transpose(0, 1)
     torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_resolve_backend():
+    import kernels
+    from kernels.testing import triton_mode_is_interpreted
+
+    cpu = torch.device("cpu")
+    assert kernels.resolve_backend("auto", cpu) == "torch"
+    assert kernels.resolve_backend(None, "cpu") == "torch"
+    assert kernels.resolve_backend("torch", cpu) == "torch"
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        kernels.resolve_backend("cuda", cpu)
+    if triton_mode_is_interpreted():
+        assert kernels.resolve_backend("triton", cpu) == "triton"
+    else:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            kernels.resolve_backend("triton", cpu)
+        b = make_paged_batch([1], [3], num_heads=2, num_kv_heads=1, head_dim=16, block_size=8)
+        with pytest.raises(RuntimeError):
+            kernels.unified_attention(*b.args(), backend="triton")
+        with pytest.raises(RuntimeError):
+            kernels.store_kv(b.q, b.q, b.k_cache, b.v_cache, torch.zeros(1, dtype=torch.int64),
+                             backend="triton")  # fmt: skip

@@ -163,7 +163,15 @@ def check_store_kv(case) -> None:
     assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
 
 
+def check_backend_choice() -> None:
+    import kernels
+
+    assert kernels.resolve_backend("auto", torch.device("cuda")) == "triton"
+    assert kernels.resolve_backend("triton", "cuda") == "triton"
+
+
 def _all_checks():
+    yield "backend_choice", check_backend_choice
     for case in CASES:
         yield f"attention[{case[0]}]", lambda c=case: check_attention(c)
     for case in STORE_CASES:
@@ -206,6 +214,9 @@ if pytest is not None:
 
     def test_large_cache_int64_offsets():
         check_large_cache_int64_offsets()
+
+    def test_backend_choice():
+        check_backend_choice()
 
 
 if __name__ == "__main__":
