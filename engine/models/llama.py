@@ -5,8 +5,9 @@ Parameter names follow Hugging Face's, except that q/k/v and gate/up are each me
 one matrix (`qkv_proj`, `gate_up_proj`): fewer, larger matmuls are faster, on a CPU most of
 all. `load_weights` takes Hugging Face names and writes each shard into its rows.
 
-The module is meta-device safe: `with torch.device("meta"): LlamaForCausalLM(cfg)` builds it
-without initialising weights (the loader does that, then `to_empty` and `load_weights`).
+Parameters are not initialised (they hold whatever memory held) until `load_weights`, and
+the module builds on the meta device: the loader does `with torch.device("meta"): cls(cfg)`,
+then `to_empty(device=...)` and `load_weights`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,21 @@ import kernels
 from engine.attention import AttentionMetadata
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class _Linear(nn.Linear):
+    """nn.Linear without random init: `load_weights` overwrites every parameter, and on the
+    meta device torch's init ops pull in torch._dynamo (seconds of start-up)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class _Embedding(nn.Embedding):
+    """nn.Embedding without random init (see `_Linear`)."""
+
+    def reset_parameters(self) -> None:
+        pass
 
 
 def _head_dim(config) -> int:
@@ -115,10 +131,10 @@ class LlamaAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.scale = self.head_dim**-0.5
-        self.qkv_proj = nn.Linear(
+        self.qkv_proj = _Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias
         )
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        self.o_proj = _Linear(self.q_size, config.hidden_size, bias=o_bias)
 
     def forward(
         self,
@@ -154,8 +170,8 @@ class LlamaMLP(nn.Module):
             raise ValueError(f"Unsupported MLP activation {act!r}: only 'silu' is implemented.")
         bias = bool(getattr(config, "mlp_bias", False))
         self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_up_proj = _Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
+        self.down_proj = _Linear(config.intermediate_size, config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
@@ -198,7 +214,7 @@ class LlamaModel(nn.Module):
     def __init__(self, config):
         super().__init__()
         qkv_bias, o_bias = _biases(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = _Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, qkv_bias, o_bias) for _ in range(config.num_hidden_layers)
         )
@@ -248,7 +264,7 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = (
             None
             if self.tie_word_embeddings
-            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            else _Linear(config.hidden_size, config.vocab_size, bias=False)
         )
 
     def forward(
@@ -302,10 +318,11 @@ class LlamaForCausalLM(nn.Module):
         ):
             return None
         target, rows = self._locate(hf_name)
-        param = dict(self.named_parameters()).get(target)
-        if param is None:
-            raise ValueError(f"Unexpected weight {hf_name!r} for {type(self).__name__}.")
-        return param.detach() if rows is None else param.detach()[rows]
+        try:
+            param = self.get_parameter(target).detach()
+        except AttributeError:
+            raise ValueError(f"Unexpected weight {hf_name!r} for {type(self).__name__}.") from None
+        return param if rows is None else param[rows]
 
     def _locate(self, hf_name: str) -> tuple[str, slice | None]:
         """Our parameter name and the rows of it that `hf_name` fills (None: all of it)."""
