@@ -21,6 +21,8 @@ class AttentionMetadata:
     seq_lens:      int32 [num_seqs]    context length of each sequence after this step
     block_tables:  int32 [num_seqs, max_blocks] physical block ids, in logical order
     backend:       "torch" / "triton" / None (None: chosen by the tensors' device)
+    max_query_len, max_seq_len: host-side ints the runner already knows; they let the
+                   kernels pick tiles and split-KV without reading the device tensors
     """
 
     slot_mapping: torch.Tensor
@@ -28,3 +30,5 @@ class AttentionMetadata:
     seq_lens: torch.Tensor
     block_tables: torch.Tensor
     backend: str | None = None
+    max_query_len: int | None = None
+    max_seq_len: int | None = None

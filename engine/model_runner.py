@@ -96,6 +96,8 @@ class ModelRunner:
             seq_lens=torch.tensor([n], dtype=torch.int32, device=self.device),
             block_tables=torch.arange(-(-n // self.block_size), dtype=torch.int32, device=self.device)[None],
             backend=self.attention_backend,
+            max_query_len=n,
+            max_seq_len=n,
         )
         with torch.inference_mode():
             hidden = self.model(input_ids, positions, dummy_cache, meta)
@@ -159,6 +161,8 @@ class ModelRunner:
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             block_tables=torch.tensor(padded, dtype=torch.int32, device=dev),
             backend=self.attention_backend,
+            max_query_len=max(s.num_new_tokens for s in sched.scheduled),
+            max_seq_len=max(seq_lens),
         )
         return (
             torch.tensor(input_ids, dtype=torch.long, device=dev),

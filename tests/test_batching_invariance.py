@@ -55,10 +55,14 @@ def test_with_chunked_prefill(make_engine, prompts, alone):
 
 
 def test_with_preemption(make_engine, prompts, alone):
-    # Room for about two of these requests at a time: the rest must be preempted.
-    blocks = 2 * ((len(prompts[-1]) + NEW_TOKENS) // 16 + 1)
+    batch = prompts[-6:]
+    need = [-(-(len(p) + NEW_TOKENS) // 16) for p in batch]  # blocks to finish each
+    # Room for the first two prompts at admission, but not for both to finish; the
+    # longest request still fits alone (or the engine would refuse it).
+    blocks = -(-len(batch[0]) // 16) + -(-len(batch[1]) // 16)
+    assert max(need) <= blocks < need[0] + need[1]
     engine = make_engine(num_kv_blocks=blocks, enable_prefix_caching=False)
-    outs = run_to_completion(engine, prompts[-6:], greedy(NEW_TOKENS))
+    outs = run_to_completion(engine, batch, greedy(NEW_TOKENS))
     assert engine.scheduler.num_preemptions_total > 0
     assert outs[-1].outputs[0].token_ids == alone
     assert all(len(o.outputs[0].token_ids) == NEW_TOKENS for o in outs)
