@@ -91,7 +91,13 @@ def convert_gguf(gguf_path: str | Path) -> Path:
         log.info("Converted %s to %s in %.1f s", gguf_path.name, target, time.perf_counter() - started)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _remove_superseded(target)
     return target
+
+
+def discard(directory: Path) -> None:
+    """Remove a converted copy (e.g. one that turned out damaged) so the next call rebuilds it."""
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def is_complete(directory: Path) -> bool:
@@ -237,6 +243,22 @@ def _unpermute(name: str, weight: np.ndarray, config) -> np.ndarray:
     # llama.cpp wrote rows as (head, half, pair); HF wants (head, pair, half).
     pairs = weight.shape[0] // heads // 2
     return weight.reshape(heads, pairs, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _remove_superseded(target: Path) -> None:
+    """Older conversions of the same GGUF path (the file changed since): ~0.5 GB each."""
+    source = _marker_source(target)
+    stem = target.name.rsplit("-", 1)[0]
+    for other in target.parent.glob(f"{stem}-*"):
+        if other != target and source is not None and _marker_source(other) == source:
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def _marker_source(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / MARKER).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _remove_stale_tmp(target: Path) -> None:

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from engine import gguf_loader
 from engine.gguf_loader import convert_gguf
 from engine.models import UnsupportedModelError, get_model_class
 
@@ -66,8 +67,18 @@ def load_model(model: str | None, *, dtype: torch.dtype, device: torch.device) -
     `device`. Raises ModelNotFoundError, UnsupportedModelError (a ValueError) or ValueError
     with a message that names the model and the problem."""
     name, source = resolve_model(model)
-    model_dir = convert_gguf(source) if source.suffix == ".gguf" else source
-    return load_hf_dir(model_dir, name=name, source_path=source, dtype=dtype, device=torch.device(device))
+    device = torch.device(device)
+    if source.suffix != ".gguf":
+        return load_hf_dir(source, name=name, source_path=source, dtype=dtype, device=device)
+    converted = convert_gguf(source)
+    try:
+        return load_hf_dir(converted, name=name, source_path=source, dtype=dtype, device=device)
+    except (ValueError, OSError) as exc:
+        # The copy passed its size check yet does not load (damaged on disk): rebuild it once.
+        log.warning("The converted copy %s does not load (%s); converting %s again.", converted, exc, source)
+        gguf_loader.discard(converted)
+        converted = convert_gguf(source)
+        return load_hf_dir(converted, name=name, source_path=source, dtype=dtype, device=device)
 
 
 def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path]:

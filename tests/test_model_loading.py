@@ -335,12 +335,26 @@ def test_stale_temporary_dirs_are_ignored_and_removed(tiny_gguf, own_cache, monk
     assert not stale.exists()
 
 
-def test_changed_gguf_gets_a_new_cache_entry(tiny_gguf, own_cache, monkeypatch, tmp_path):
+def test_damage_the_size_check_misses_is_rebuilt_on_load(tiny_gguf, own_cache, monkeypatch):
     monkeypatch.setenv("PAGEDESK_CACHE_DIR", str(own_cache))
-    copy = shutil.copy(tiny_gguf, tmp_path / tiny_gguf.name)
-    before = gguf_loader.converted_dir_for(Path(copy))
+    weights = gguf_loader.convert_gguf(tiny_gguf) / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.seek(8)
+        f.write(b"#" * 16)  # the JSON header, same size
+    loaded = load(str(tiny_gguf))
+    assert gguf_loader.is_complete(weights.parent) and weights.read_bytes()[8:9] == b"{"
+    assert loaded.hf_config.num_hidden_layers == 2
+
+
+def test_changed_gguf_replaces_its_old_conversion(tiny_gguf, own_cache, monkeypatch, tmp_path):
+    monkeypatch.setenv("PAGEDESK_CACHE_DIR", str(own_cache))
+    copy = Path(shutil.copy(tiny_gguf, tmp_path / tiny_gguf.name))
+    before = gguf_loader.convert_gguf(copy)
     os.utime(copy, (time.time() + 10, time.time() + 10))  # e.g. re-downloaded
-    assert gguf_loader.converted_dir_for(Path(copy)) != before
+    after = gguf_loader.convert_gguf(copy)
+    assert after != before and gguf_loader.is_complete(after)
+    assert not before.exists()  # ~0.5 GB for the real model: not left behind
+    assert gguf_loader.is_complete(gguf_loader.converted_dir_for(tiny_gguf))  # another file's copy stays
 
 
 def test_unsupported_gguf_architecture(tmp_path):
