@@ -241,6 +241,16 @@ class LLMEngine:
         )
         self._step_count += 1
 
+    def release(self) -> None:
+        """Drop the model and the cache tensors (after this the engine cannot step)."""
+        for request in list(self.requests.values()):
+            if not request.is_finished:
+                self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+        self.requests.clear()
+        self.runner.kv_caches = []
+        self.runner.model = None
+        self.loaded = None
+
     # ---------------------------------------------------------------- pictures
     @property
     def last_step_stats(self) -> StepStats | None:

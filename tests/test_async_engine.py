@@ -1,0 +1,177 @@
+"""AsyncEngine: streaming, concurrency, cancellation, failures and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import resource
+import time
+import weakref
+
+import pytest
+
+from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.async_engine import AsyncEngine, EngineDeadError
+from engine_helpers import greedy, run_to_completion
+from model_factory import make_random_llama
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_random_llama(tmp_path_factory.mktemp("m") / "llama", num_heads=4,
+                             num_kv_heads=2, head_dim=32, num_layers=2)
+
+
+def config(model_dir, **kw) -> EngineConfig:
+    kw.setdefault("block_size", 8)
+    return EngineConfig(model=str(model_dir), device="cpu", dtype="float32", **kw)
+
+
+PROMPTS = [[(5 * i + j) % 200 + 3 for j in range(4 + 7 * i)] for i in range(8)]
+
+
+async def collect(engine: AsyncEngine, prompt, params, rid=None):
+    deltas, last = [], None
+    async for out in engine.generate(prompt, params, request_id=rid):
+        deltas.append(out.outputs[0].delta_token_ids)
+        last = out
+    return deltas, last
+
+
+def test_concurrent_streams_match_the_sync_engine(model_dir):
+    expected = run_to_completion(LLMEngine(config(model_dir)), PROMPTS, greedy(10))
+    engine = AsyncEngine(config(model_dir))
+
+    async def main():
+        return await asyncio.gather(*(collect(engine, p, greedy(10)) for p in PROMPTS))
+
+    results = asyncio.run(main())
+    engine.shutdown()
+    for (deltas, last), exp in zip(results, expected):
+        tokens = [t for d in deltas for t in d]
+        assert tokens == last.outputs[0].token_ids == exp.outputs[0].token_ids
+        assert last.finished and last.outputs[0].finish_reason == "length"
+        assert len(deltas) >= 2  # it streamed, not one lump at the end
+
+
+def test_late_arrivals_join_the_running_batch(model_dir):
+    engine = AsyncEngine(config(model_dir))
+
+    async def main():
+        first = asyncio.create_task(collect(engine, PROMPTS[0], greedy(600)))
+        await asyncio.sleep(0.2)  # the first is decoding by now
+        late = [asyncio.create_task(collect(engine, p, greedy(5))) for p in PROMPTS[1:4]]
+        await asyncio.gather(first, *late)
+
+    asyncio.run(main())
+    sizes = [s.batch_size for s in engine.engine.stats_history]
+    engine.shutdown()
+    assert sizes[0] == 1 and max(sizes) == 4
+
+
+def test_cancelling_the_consumer_aborts_and_frees_blocks(model_dir):
+    engine = AsyncEngine(config(model_dir))
+
+    async def main():
+        async def consume():
+            async for _ in engine.generate(PROMPTS[3], greedy(10_000 // 100), request_id="c"):
+                pass
+
+        task = asyncio.create_task(consume())
+        while engine.engine.kv_manager.usage == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(200):
+            if engine.engine.kv_manager.usage == 0 and not engine.engine.has_unfinished_requests():
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert engine.engine.kv_manager.usage == 0
+    assert any(e.kind == "abort" and e.request_id == "c" for e in engine.engine.kv_manager.events)
+    engine.shutdown()
+
+
+def test_a_bad_request_fails_alone(model_dir):
+    engine = AsyncEngine(config(model_dir, max_model_len=64))
+
+    async def main():
+        good = asyncio.create_task(collect(engine, PROMPTS[1], greedy(8)))
+        with pytest.raises(ValueError, match="too long"):
+            await collect(engine, [5] * 100, greedy(8))
+        with pytest.raises(ValueError, match="empty"):
+            await collect(engine, "", greedy(8))
+        return await good
+
+    _, last = asyncio.run(main())
+    assert len(last.outputs[0].token_ids) == 8
+    assert engine.is_running
+    engine.shutdown()
+
+
+def test_an_engine_failure_reaches_every_consumer(model_dir):
+    engine = AsyncEngine(config(model_dir))
+    real = engine.engine.runner.execute
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("simulated device failure")
+        return real(*args, **kwargs)
+
+    engine.engine.runner.execute = flaky
+
+    async def main():
+        tasks = [asyncio.create_task(collect(engine, p, greedy(50))) for p in PROMPTS[:3]]
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, EngineDeadError) for r in results)
+    assert "simulated device failure" in str(results[0])
+    assert engine.is_dead
+
+    async def after():
+        await collect(engine, PROMPTS[0], greedy(2))
+
+    with pytest.raises(EngineDeadError):
+        asyncio.run(after())
+    engine.shutdown()
+
+
+def test_idle_engine_sleeps_and_stats_are_rate_limited(model_dir):
+    engine = AsyncEngine(config(model_dir), stats_interval=0.05)
+    events = []
+    engine.add_stats_listener(lambda stats, snap: events.append((time.monotonic(), stats, snap)))
+
+    async def main():
+        await asyncio.gather(*(collect(engine, p, greedy(30)) for p in PROMPTS[:4]))
+
+    start = time.monotonic()
+    asyncio.run(main())
+    elapsed = time.monotonic() - start
+    time.sleep(0.2)
+    assert events, "no stats reached the listener"
+    assert len(events) <= elapsed / 0.05 + 2
+    assert events[-1][2].num_in_use == 0  # the last picture is the idle cache
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+    time.sleep(1.0)
+    cpu_idle = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu_before
+    assert cpu_idle < 0.1, f"idle engine burned {cpu_idle:.2f} s of CPU in 1 s"
+    engine.shutdown()
+
+
+def test_shutdown_frees_the_model(model_dir):
+    engine = AsyncEngine(config(model_dir))
+    model_ref = weakref.ref(engine.engine.runner.model)
+
+    async def main():
+        await collect(engine, PROMPTS[0], greedy(3))
+
+    asyncio.run(main())
+    engine.shutdown()
+    gc.collect()
+    assert model_ref() is None
+    assert not engine.is_running
