@@ -155,10 +155,8 @@ class LlamaAttention(nn.Module):
         kernels.unified_attention(
             q, k_cache, v_cache, meta.cu_query_lens, meta.seq_lens, meta.block_tables,
             self.scale, out=out, backend=meta.backend,
-            # Host-side launch hints, if the runner's metadata carries them (speed only).
-            max_query_len=getattr(meta, "max_query_len", None),
-            max_seq_len=getattr(meta, "max_seq_len", None),
-        )
+            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len,
+        )  # fmt: skip
         return self.o_proj(out.view(n, self.q_size))
 
 
