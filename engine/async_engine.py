@@ -62,8 +62,7 @@ class _Stream:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self.sent_text = 0
-        self.sent_tokens = 0
+        self.sent: dict[int, tuple[int, int]] = {}  # completion index -> (chars, tokens) sent
 
     def put(self, item: RequestOutput | BaseException) -> None:
         try:
@@ -159,13 +158,11 @@ class AsyncEngine:
     def _with_deltas(out: RequestOutput, stream: _Stream) -> RequestOutput:
         completions = []
         for c in out.outputs:
+            chars, tokens = stream.sent.get(c.index, (0, 0))
             completions.append(replace(
-                c, delta_text=c.text[stream.sent_text:], delta_token_ids=c.token_ids[stream.sent_tokens:]
+                c, delta_text=c.text[chars:], delta_token_ids=c.token_ids[tokens:]
             ))
-        # One stream per request; with n > 1 the offsets are per completion (see sampler issue).
-        if completions:
-            stream.sent_text = len(completions[0].text)
-            stream.sent_tokens = len(completions[0].token_ids)
+            stream.sent[c.index] = (len(c.text), len(c.token_ids))
         return replace(out, outputs=completions)
 
     def abort(self, request_id: str) -> None:

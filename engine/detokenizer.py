@@ -36,3 +36,15 @@ class IncrementalDetokenizer:
         self.read_offset = len(self.token_ids)
         self.output_text += delta
         return delta
+
+
+def find_stop_string(text: str, stops: list[str], new_chars: int) -> tuple[int, str] | None:
+    """The earliest stop string that the last `new_chars` characters completed, and where
+    it starts; None if none. Only the tail can hold a new match, so only it is searched."""
+    start = max(0, len(text) - new_chars - max(len(s) for s in stops) + 1)
+    best: tuple[int, str] | None = None
+    for stop in stops:
+        pos = text.find(stop, start)
+        if pos != -1 and (best is None or pos < best[0]):
+            best = (pos, stop)
+    return best

@@ -9,18 +9,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 
 from engine.config import EngineConfig
-from engine.detokenizer import IncrementalDetokenizer
+from engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from engine.kv_cache_manager import KVCacheManager
 from engine.kv_snapshot import KVSnapshot
 from engine.model_loader import LoadedModel, load_model
 from engine.model_runner import ModelRunner
 from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from engine.request import Request, RequestStatus
-from engine.sampler import Sampler
+from engine.sampler import Sampler, SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
 from engine.stats import StepStats
@@ -55,7 +56,9 @@ class LLMEngine:
             self.kv_manager, config.max_num_seqs, config.max_num_batched_tokens
         )
         self.sampler = Sampler(self.device, config.seed)
-        self.requests: dict[str, Request] = {}
+        self.requests: dict[str, Request] = {}  # by the scheduler's (child) request id
+        self.groups: dict[str, list[Request]] = {}  # user request id -> its n samples
+        self._aborted: set[str] = set()  # aborted groups not yet reported
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.stats_history: deque[StepStats] = deque(maxlen=STATS_HISTORY)
         self._step_count = 0
@@ -81,29 +84,46 @@ class LLMEngine:
         prompt: str | list[int],
         sampling_params: SamplingParams | None = None,
         arrival_time: float | None = None,
-    ) -> Request:
-        """Queue a request. Bad input raises ValueError here, before it touches the batch."""
+    ) -> list[Request]:
+        """Queue a request (n > 1: n sibling samples sharing the prompt's blocks).
+        Bad input raises ValueError here, before it touches the batch."""
         params = sampling_params or SamplingParams()
-        if request_id in self.requests:
+        if request_id in self.groups:
             raise ValueError(f"request_id {request_id!r} is already in use")
         text, token_ids = self._tokenize(prompt)
         self._check_prompt(token_ids)
-        request = Request(
-            request_id=request_id,
+        arrival = arrival_time if arrival_time is not None else time.monotonic()
+        children: list[Request] = []
+        for i in range(params.n):
+            child = self._make_child(request_id, i, text, token_ids, params, arrival)
+            child.leader = children[0] if children else None
+            children.append(child)
+        self.groups[request_id] = children
+        for child in children:
+            self.requests[child.request_id] = child
+            self.detokenizers[child.request_id] = IncrementalDetokenizer(
+                self.tokenizer, token_ids, params.skip_special_tokens
+            )
+            self.scheduler.add(child)
+        return children
+
+    def _make_child(self, parent_id, index, text, token_ids, params, arrival) -> Request:
+        n = params.n
+        child = Request(
+            request_id=parent_id if n == 1 else f"{parent_id}#{index}",
             prompt_token_ids=token_ids,
-            sampling_params=params,
-            arrival_time=arrival_time if arrival_time is not None else time.monotonic(),
+            sampling_params=replace(params, n=1, seed=None if params.seed is None else params.seed + index),
+            arrival_time=arrival,
             prompt=text,
             eos_token_id=self.eos_token_id,
             max_total_tokens=self.max_model_len,
+            parent_id=parent_id,
+            index=index,
         )
-        if params.seed is not None:
-            request.generator = torch.Generator(device=self.device)
-            request.generator.manual_seed(params.seed)
-        self.requests[request_id] = request
-        self.detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, token_ids)
-        self.scheduler.add(request)
-        return request
+        if child.sampling_params.seed is not None:
+            child.generator = torch.Generator(device=self.device)
+            child.generator.manual_seed(child.sampling_params.seed)
+        return child
 
     def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -129,15 +149,20 @@ class LLMEngine:
             )
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
-        """Stop requests now and give their blocks back; unknown ids are ignored."""
+        """Stop requests now and give their blocks back; unknown ids are ignored. The next
+        step() reports each aborted request once, with finish_reason "abort"."""
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
         for rid in ids:
-            request = self.requests.get(rid)
-            if request is not None and not request.is_finished:
-                self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+            children = self.groups.get(rid)
+            if children is None:
+                continue
+            for child in children:
+                if not child.is_finished:
+                    self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
+            self._aborted.add(rid)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or bool(self._aborted)
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.scheduler.waiting) + len(self.scheduler.running)
@@ -145,77 +170,105 @@ class LLMEngine:
     # ---------------------------------------------------------------- one step
     def step(self) -> list[RequestOutput]:
         """Run one engine step; return an output for every request it advanced or ended."""
-        finished_before = self._collect_aborted()
+        reported = self._report_aborted()
         start = time.monotonic()
         sched = self.scheduler.schedule()
         if sched.is_empty:
-            return finished_before
+            return reported
         tables = [list(self.kv_manager.block_table(s.request.request_id)) for s in sched.scheduled]
         logits = self.runner.execute(sched, tables)
         sampling = [s.request for s in sched.scheduled if s.samples]
-        tokens = self.sampler(
-            logits, [r.sampling_params for r in sampling], [r.generator for r in sampling]
-        )
-        outputs = self._update(sched, dict(zip((r.request_id for r in sampling), tokens)))
+        sampled = self.sampler(logits, sampling)
+        touched = self._update(sched, sampling, sampled)
         self._record_stats(sched, start)
-        return finished_before + outputs
+        return reported + [self._group_output(pid) for pid in touched]
 
-    def _collect_aborted(self) -> list[RequestOutput]:
-        """Aborted requests report once, then are forgotten."""
-        done = [r for r in self.requests.values() if r.status is RequestStatus.FINISHED_ABORTED]
-        outputs = [self._make_output(r) for r in done]
-        for r in done:
-            self._forget(r)
+    def _report_aborted(self) -> list[RequestOutput]:
+        outputs = [self._group_output(pid) for pid in self._aborted if pid in self.groups]
+        self._aborted.clear()
         return outputs
 
-    def _update(self, sched: SchedulerOutput, sampled: dict[str, int]) -> list[RequestOutput]:
-        now = time.monotonic()
-        outputs = []
+    def _update(self, sched: SchedulerOutput, sampling: list[Request], sampled: SamplerOutput) -> list[str]:
+        """Advance computed tokens, append sampled tokens, finish what must stop.
+        Returns the parent ids that have something new, in batch order."""
         for item in sched.scheduled:
-            request = item.request
-            request.num_computed_tokens += item.num_new_tokens
-            self.kv_manager.cache_full_blocks(request)
-            token = sampled.get(request.request_id)
-            if token is None:
-                continue  # a prompt chunk: nothing to sample yet
-            request.append_output_token(token)
+            item.request.num_computed_tokens += item.num_new_tokens
+            self.kv_manager.cache_full_blocks(item.request)
+        now = time.monotonic()
+        touched: dict[str, None] = {}
+        for i, request in enumerate(sampling):
+            request.append_output_token(sampled.token_ids[i])
+            if request.logprobs is not None:
+                request.logprobs.append(sampled.logprobs[i])
+                request.cumulative_logprob += sampled.chosen_logprobs[i]
             if request.first_token_time is None:
                 request.first_token_time = now
-            self.detokenizers[request.request_id].add_tokens([token])
+            delta = self.detokenizers[request.request_id].add_tokens([sampled.token_ids[i]])
             status = request.check_stop()
+            if status is None and self._hit_stop_string(request, delta):
+                status = RequestStatus.FINISHED_STOPPED
             if status is not None:
                 self.scheduler.finish(request, status)
-            outputs.append(self._make_output(request))
-            if status is not None:
-                self._forget(request)
-        return outputs
+            touched[request.parent_id] = None
+        return list(touched)
 
-    def _forget(self, request: Request) -> None:
-        self.requests.pop(request.request_id, None)
-        self.detokenizers.pop(request.request_id, None)
-
-    def _make_output(self, request: Request) -> RequestOutput:
-        finished = request.is_finished
+    def _hit_stop_string(self, request: Request, delta: str) -> bool:
+        params = request.sampling_params
+        if not params.stop or not delta or request.num_output_tokens < params.min_tokens:
+            return False
         detok = self.detokenizers[request.request_id]
-        completion = CompletionOutput(
-            index=0,
-            text=detok.output_text,
-            token_ids=list(request.output_token_ids),
-            finish_reason=request.status.value if finished else None,
-        )
-        return RequestOutput(
-            request_id=request.request_id,
-            prompt=request.prompt,
-            prompt_token_ids=request.prompt_token_ids,
-            outputs=[completion],
+        found = find_stop_string(detok.output_text, params.stop, len(delta))
+        if found is None:
+            return False
+        pos, stop = found
+        keep = pos + len(stop) if params.include_stop_str_in_output else pos
+        detok.output_text = detok.output_text[:keep]
+        request.stop_reason = stop
+        return True
+
+    def _group_output(self, parent_id: str) -> RequestOutput:
+        """One RequestOutput for the user's request, with a completion per sample; a
+        finished group is forgotten once reported."""
+        children = self.groups[parent_id]
+        completions = [self._completion(c) for c in children]
+        finished = all(c.is_finished for c in children)
+        first = children[0]
+        out = RequestOutput(
+            request_id=parent_id,
+            prompt=first.prompt,
+            prompt_token_ids=first.prompt_token_ids,
+            outputs=completions,
             finished=finished,
             metrics=RequestMetrics(
-                arrival_time=request.arrival_time,
-                first_scheduled_time=request.first_scheduled_time,
-                first_token_time=request.first_token_time,
-                finished_time=request.finished_time,
+                arrival_time=first.arrival_time,
+                first_scheduled_time=_earliest(c.first_scheduled_time for c in children),
+                first_token_time=_earliest(c.first_token_time for c in children),
+                finished_time=max((c.finished_time or 0.0) for c in children) if finished else None,
             ),
-            num_cached_tokens=max(request.num_cached_tokens, 0),
+            num_cached_tokens=max(first.num_cached_tokens, 0),
+        )
+        if finished:
+            del self.groups[parent_id]
+            for c in children:
+                self.requests.pop(c.request_id, None)
+                self.detokenizers.pop(c.request_id, None)
+        return out
+
+    def _completion(self, request: Request) -> CompletionOutput:
+        finished = request.is_finished
+        text = self.detokenizers[request.request_id].output_text
+        stops = request.sampling_params.stop
+        if stops and not finished:
+            # Hold back what could be the start of a stop string: it may yet be cut.
+            text = text[: max(0, len(text) - max(len(s) for s in stops) + 1)]
+        return CompletionOutput(
+            index=request.index,
+            text=text,
+            token_ids=list(request.output_token_ids),
+            finish_reason=request.status.value if finished else None,
+            stop_reason=request.stop_reason,
+            cumulative_logprob=request.cumulative_logprob,
+            logprobs=list(request.logprobs) if request.logprobs is not None else None,
         )
 
     def _record_stats(self, sched: SchedulerOutput, start: float) -> None:
@@ -243,10 +296,9 @@ class LLMEngine:
 
     def release(self) -> None:
         """Drop the model and the cache tensors (after this the engine cannot step)."""
-        for request in list(self.requests.values()):
-            if not request.is_finished:
-                self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+        self.abort_request(list(self.groups))
         self.requests.clear()
+        self.groups.clear()
         self.runner.kv_caches = []
         self.runner.model = None
         self.loaded = None
@@ -258,3 +310,8 @@ class LLMEngine:
 
     def kv_snapshot(self) -> KVSnapshot:
         return self.kv_manager.snapshot()
+
+
+def _earliest(times) -> float | None:
+    present = [t for t in times if t is not None]
+    return min(present) if present else None

@@ -27,6 +27,9 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     finish_reason: str | None = None  # "stop" | "length" | "abort" | None while running
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+    cumulative_logprob: float | None = None
+    logprobs: list[dict[int, float]] | None = None  # per generated token: {token id: logprob}
     # Streaming (AsyncEngine): what is new since the previous output of this request.
     delta_text: str = ""
     delta_token_ids: list[int] = field(default_factory=list)

@@ -45,12 +45,23 @@ class Request:
     num_preemptions: int = 0
     status: RequestStatus = RequestStatus.WAITING
     generator: torch.Generator | None = None
+    parent_id: str | None = None  # the user's request id; n > 1 makes several children
+    index: int = 0  # which of the parent's n samples this is
+    leader: Request | None = None  # a sibling whose prompt blocks this one waits to share
+    cumulative_logprob: float | None = None
+    logprobs: list[dict[int, float]] | None = None
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
+        if self.parent_id is None:
+            self.parent_id = self.request_id
+        if self.sampling_params.logprobs is not None:
+            self.cumulative_logprob = 0.0
+            self.logprobs = []
 
     @property
     def num_tokens(self) -> int:
@@ -68,6 +79,16 @@ class Request:
     def is_finished(self) -> bool:
         return self.status.finished
 
+    @property
+    def waits_for_leader(self) -> bool:
+        """A sibling sample waits until its leader's prompt is in the cache, then shares it."""
+        leader = self.leader
+        return (
+            leader is not None
+            and not leader.is_finished
+            and leader.num_computed_tokens < leader.num_prompt_tokens
+        )
+
     def append_output_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
@@ -79,6 +100,7 @@ class Request:
         if not params.ignore_eos and last == self.eos_token_id:
             return RequestStatus.FINISHED_STOPPED
         if last in params.stop_token_ids:
+            self.stop_reason = last
             return RequestStatus.FINISHED_STOPPED
         if params.max_tokens is not None and self.num_output_tokens >= params.max_tokens:
             return RequestStatus.FINISHED_LENGTH

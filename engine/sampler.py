@@ -1,18 +1,83 @@
 """Picks each request's next token from its logits, all rows at once on the device.
 
-Greedy rows take the argmax. Random rows are scaled by temperature, cut by top-k and
-top-p, and sampled with the exponential-race trick (argmax of p / E, E ~ Exp(1)), which
-lets a seeded request draw its noise from its own generator: the same seed gives the same
-tokens whatever else is in the batch.
+Order, as vLLM's: penalties (repetition over prompt + output, presence / frequency over
+the output) -> min_tokens (EOS and stop ids masked) -> greedy argmax, or temperature ->
+min-p -> top-k / top-p -> a draw. The draw uses the exponential race (argmax of p / E,
+E ~ Exp(1)), so a seeded request takes its noise from its own generator: the same seed
+gives the same tokens whatever else is in the batch. Log-probabilities are those of the
+model's raw distribution (vLLM's default), with the top-N and the chosen token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from engine.sampling_params import SamplingParams
+from engine.request import Request
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    token_ids: list[int]
+    # Per row: {token id: logprob} of the top-N plus the chosen token, or None if not asked.
+    logprobs: list[dict[int, float] | None]
+    chosen_logprobs: list[float | None]
+
+
+def token_counts(token_lists: Sequence[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """[rows, vocab] float counts of each token id in each row's list."""
+    width = max((len(t) for t in token_lists), default=0)
+    counts = torch.zeros(len(token_lists), vocab + 1, device=device)
+    if width == 0:
+        return counts[:, :vocab]
+    # Pad with the extra column `vocab`, dropped after the scatter.
+    padded = [list(t) + [vocab] * (width - len(t)) for t in token_lists]
+    index = torch.tensor(padded, dtype=torch.long, device=device)
+    counts.scatter_add_(1, index, torch.ones_like(index, dtype=counts.dtype))
+    return counts[:, :vocab]
+
+
+def apply_penalties(logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
+    vocab, dev = logits.shape[-1], logits.device
+    params = [r.sampling_params for r in requests]
+    out_counts = token_counts([r.output_token_ids for r in requests], vocab, dev)
+    rep = torch.tensor([p.repetition_penalty for p in params], device=dev)
+    if bool((rep != 1.0).any()):
+        prompt_counts = token_counts([r.prompt_token_ids for r in requests], vocab, dev)
+        seen = (prompt_counts + out_counts) > 0
+        scaled = torch.where(logits > 0, logits / rep[:, None], logits * rep[:, None])
+        logits = torch.where(seen, scaled, logits)
+    freq = torch.tensor([p.frequency_penalty for p in params], device=dev)
+    pres = torch.tensor([p.presence_penalty for p in params], device=dev)
+    return logits - freq[:, None] * out_counts - pres[:, None] * (out_counts > 0).to(logits.dtype)
+
+
+def apply_min_tokens(logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
+    """Until a request has min_tokens outputs, it may not pick EOS or a stop token."""
+    rows, cols = [], []
+    for i, r in enumerate(requests):
+        p = r.sampling_params
+        if r.num_output_tokens < p.min_tokens:
+            banned = set(p.stop_token_ids)
+            if r.eos_token_id is not None:
+                banned.add(r.eos_token_id)
+            for t in banned:
+                if t < logits.shape[-1]:
+                    rows.append(i)
+                    cols.append(t)
+    if rows:
+        logits = logits.clone()
+        logits[rows, cols] = float("-inf")
+    return logits
+
+
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p times the top token's."""
+    probs = logits.softmax(dim=-1)
+    floor = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < floor, float("-inf"))
 
 
 def apply_top_k_top_p(
@@ -40,42 +105,59 @@ class Sampler:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
-    def __call__(
-        self,
-        logits: torch.Tensor,
-        params: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-    ) -> list[int]:
-        """logits: float32 [n, vocab], one row per request; returns n token ids."""
-        greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+    def __call__(self, logits: torch.Tensor, requests: Sequence[Request]) -> SamplerOutput:
+        """logits: float32 [n, vocab], one row per request, in the same order."""
+        params = [r.sampling_params for r in requests]
+        raw = logits
+        if any(p.has_penalties for p in params):
+            logits = apply_penalties(logits, requests)
+        if any(p.min_tokens for p in params):
+            logits = apply_min_tokens(logits, requests)
         tokens = logits.argmax(dim=-1)
-        if not bool(greedy.all()):
-            random_rows = (~greedy).nonzero().flatten()
-            chosen = self._sample(
-                logits[random_rows],
-                [params[i] for i in random_rows.tolist()],
-                [generators[i] for i in random_rows.tolist()],
+        random_rows = [i for i, p in enumerate(params) if not p.greedy]
+        if random_rows:
+            rows = torch.tensor(random_rows, device=logits.device)
+            tokens[rows] = self._sample(
+                logits[rows], [params[i] for i in random_rows],
+                [requests[i].generator for i in random_rows],
             )
-            tokens[random_rows] = chosen
-        return tokens.tolist()
+        token_list = tokens.tolist()
+        logprobs, chosen = self._logprobs(raw, tokens, params)
+        return SamplerOutput(token_list, logprobs, chosen)
 
-    def _sample(
-        self,
-        logits: torch.Tensor,
-        params: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-    ) -> torch.Tensor:
+    def _sample(self, logits, params, generators) -> torch.Tensor:
         dev, vocab = logits.device, logits.shape[-1]
         temps = torch.tensor([p.temperature for p in params], device=dev, dtype=logits.dtype)
         logits = logits / temps[:, None]
-        top_k = torch.tensor(
-            [p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=dev
-        )
-        top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=logits.dtype)
-        if bool((top_k < vocab).any()) or bool((top_p < 1.0).any()):
+        if any(p.min_p > 0 for p in params):
+            min_p = torch.tensor([p.min_p for p in params], device=dev, dtype=logits.dtype)
+            logits = apply_min_p(logits, min_p)
+        if any(0 < p.top_k < vocab or p.top_p < 1.0 for p in params):
+            top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=dev)
+            top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=logits.dtype)
             logits = apply_top_k_top_p(logits, top_k, top_p)
         probs = logits.softmax(dim=-1)
         noise = torch.empty_like(probs)
         for i, gen in enumerate(generators):
             noise[i].exponential_(generator=gen or self.generator)
         return (probs / noise).argmax(dim=-1)
+
+    @staticmethod
+    def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, params) -> tuple[list, list]:
+        wanted = [i for i, p in enumerate(params) if p.logprobs is not None]
+        logprobs: list[dict[int, float] | None] = [None] * len(params)
+        chosen: list[float | None] = [None] * len(params)
+        if not wanted:
+            return logprobs, chosen
+        rows = torch.tensor(wanted, device=raw.device)
+        lp = raw[rows].float().log_softmax(dim=-1)
+        top_n = max(params[i].logprobs for i in wanted)
+        top_vals, top_ids = lp.topk(max(top_n, 1), dim=-1)
+        picked = lp.gather(1, tokens[rows][:, None]).squeeze(1)
+        for j, i in enumerate(wanted):
+            n = params[i].logprobs
+            entry = dict(zip(top_ids[j, :n].tolist(), top_vals[j, :n].tolist()))
+            entry[int(tokens[i])] = float(picked[j])
+            logprobs[i] = entry
+            chosen[i] = float(picked[j])
+        return logprobs, chosen

@@ -119,6 +119,8 @@ class Scheduler:
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
+            if request.waits_for_leader:
+                break  # admitted next step, when the leader's prompt blocks can be shared
             hits = self.kv.find_cached_prefix(request)
             num_cached = len(hits) * self.kv.block_size
             n = min(request.num_tokens - num_cached, budget)

@@ -1,0 +1,80 @@
+"""OpenAI request fields -> the engine's SamplingParams (vLLM's names).
+
+Only the fields a request sets are passed on, so SamplingParams keeps its own defaults.
+Features the engine lacks are refused with a 400 that names the field, never ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.sampling_params import SamplingParams
+from engine.server.errors import APIError, unsupported
+from engine.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+
+# Request fields whose name and meaning are the engine's own.
+_PASS_THROUGH = (
+    "n", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "stop", "stop_token_ids", "seed", "min_tokens", "ignore_eos",
+    "skip_special_tokens", "include_stop_str_in_output",
+)
+
+
+def chat_sampling_params(request: ChatCompletionRequest) -> SamplingParams:
+    """SamplingParams for a chat request. No max_tokens = until the context is full."""
+    _refuse_unsupported_chat(request)
+    fields = _common_fields(request)
+    max_tokens = request.max_completion_tokens or request.max_tokens
+    fields["max_tokens"] = max_tokens  # None (OpenAI's default for chat): up to the context
+    if request.top_logprobs is not None and not request.logprobs:
+        raise APIError("top_logprobs requires logprobs to be true", param="top_logprobs")
+    if request.logprobs:
+        fields["logprobs"] = request.top_logprobs or 0
+    return _build(fields)
+
+
+def completion_sampling_params(request: CompletionRequest) -> SamplingParams:
+    """SamplingParams for a (legacy) completion request; max_tokens defaults to 16."""
+    if request.suffix:
+        raise unsupported("suffix", "suffix")
+    if request.best_of is not None and request.best_of != request.n:
+        raise unsupported("best_of", "best_of other than n")
+    if request.echo and request.logprobs is not None:
+        raise unsupported("logprobs", "logprobs together with echo (prompt logprobs)")
+    fields = _common_fields(request)
+    fields["max_tokens"] = request.max_tokens
+    if request.logprobs is not None:
+        fields["logprobs"] = request.logprobs
+    return _build(fields)
+
+
+def _common_fields(request: SamplingRequest) -> dict[str, Any]:
+    if request.logit_bias:
+        raise unsupported("logit_bias", "logit_bias")
+    fields = {}
+    for name in _PASS_THROUGH:
+        value = getattr(request, name)
+        if value is not None:
+            fields[name] = [value] if name == "stop" and isinstance(value, str) else value
+    return fields
+
+
+def _refuse_unsupported_chat(request: ChatCompletionRequest) -> None:
+    if request.tools and request.tool_choice != "none":
+        raise unsupported("tools", "tool calling")
+    if request.tool_choice not in (None, "none", "auto"):
+        raise unsupported("tool_choice", "tool_choice")
+    response_type = (request.response_format or {}).get("type", "text")
+    if response_type != "text":
+        raise unsupported("response_format", f"response_format {response_type!r}")
+
+
+def _build(fields: dict[str, Any]) -> SamplingParams:
+    known = SamplingParams.__dataclass_fields__
+    for name in fields:
+        if name not in known:  # an engine older than this server
+            raise unsupported(name, name)
+    try:
+        return SamplingParams(**fields)
+    except (ValueError, TypeError) as exc:
+        raise APIError.from_value_error(ValueError(str(exc))) from exc
