@@ -290,6 +290,7 @@ class LLMEngine:
                 prefix_cache_hit_tokens=sched.num_prefix_hit_tokens,
                 kv_usage=self.kv_manager.usage,
                 finished_time=end,
+                attention_backend=self.attention_backend,
             )
         )
         self._step_count += 1

@@ -18,6 +18,7 @@ class StepStats:
     prefix_cache_hit_tokens: int  # prompt tokens found in the prefix cache this step
     kv_usage: float  # share of blocks held by requests after the step
     finished_time: float  # time.monotonic() at the end of the step
+    attention_backend: str = "torch"  # which kernels ran: "torch" or "triton"
 
     @property
     def tokens_per_second(self) -> float:

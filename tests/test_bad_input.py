@@ -94,3 +94,15 @@ def test_bad_engine_config_names_the_field():
         EngineConfig(max_num_seqs=0)
     with pytest.raises(ValueError, match="dtype"):
         EngineConfig(dtype="int3").resolve_dtype(__import__("torch").device("cpu"))
+
+
+def test_triton_backend_where_it_cannot_run_is_refused_clearly(default_loaded, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="triton.*cannot run on cpu"):
+        LLMEngine(EngineConfig(device="cpu", attention_backend="triton"), loaded=default_loaded)
+    with pytest.raises(ValueError, match="unknown kernel backend 'cuda-magic'"):
+        LLMEngine(EngineConfig(device="cpu", attention_backend="cuda-magic"), loaded=default_loaded)
+    engine = LLMEngine(EngineConfig(device="cpu"), loaded=default_loaded)
+    assert engine.attention_backend == "torch"
+    run_to_completion(engine, ["Hi"], greedy(2))
+    assert engine.last_step_stats.attention_backend == "torch"
