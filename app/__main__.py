@@ -13,12 +13,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=None, help="model dir, cached Hub repo id or .gguf file")
     demo.add_argument("--question", default=None)
     demo.add_argument("--max-tokens", type=int, default=160)
+    # The server lives with the engine and imports no Qt: `pagedesk serve` runs headless.
+    from engine.server.cli import add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="serve the OpenAI-compatible API (like vllm serve)"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        from engine.server.cli import run_serve
+
+        logging.getLogger().setLevel(args.log_level.upper())
+        run_serve(args)
+        return
     from app.demo import DEFAULT_QUESTION, run_demo
 
     if args.command in (None, "demo"):

@@ -117,7 +117,7 @@ class ModelList(BaseModel):
 
 class TopLogprob(BaseModel):
     token: str
-    logprob: float
+    logprob: float | None
     bytes: list[int] | None = None
 
 

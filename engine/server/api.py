@@ -1,0 +1,154 @@
+"""`create_app(engine)`: the FastAPI app of the OpenAI-compatible server (like `vllm serve`).
+
+Routes: GET /health, GET /metrics (Prometheus), GET /v1/models, POST /v1/completions,
+POST /v1/chat/completions. With an API key, /v1/* wants `Authorization: Bearer KEY`
+(/health and /metrics stay open, as in vLLM, for probes and scrapers).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.async_engine import EngineDeadError
+from engine.server.errors import APIError, error_body
+from engine.server.metrics import ServerMetrics
+from engine.server.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from engine.server.serving import ClientGone, OpenAIServing
+
+log = logging.getLogger(__name__)
+CLIENT_CLOSED_REQUEST = 499  # nginx's code: nobody reads it, but logs show what happened
+
+
+def create_app(
+    engine: Any, *, api_key: str | None = None, served_model_name: str | list[str] | None = None
+) -> FastAPI:
+    """The ASGI app serving `engine` (an AsyncEngine that keeps running after the app).
+
+    served_model_name: the name(s) clients must use in `model` (default: the engine's
+    model name). api_key: if set, every /v1 request must carry it as a bearer token.
+    """
+    names = [served_model_name] if isinstance(served_model_name, str) else list(served_model_name or [])
+    names = names or [engine.model_name]
+    metrics = ServerMetrics(engine, names[0])
+    serving = OpenAIServing(engine, names, metrics)
+    app = FastAPI(title="pagedesk", summary="OpenAI-compatible API over pagedesk's engine",
+                  docs_url=None, redoc_url=None)  # the docs pages would fetch scripts from a CDN
+    app.state.serving = serving
+    app.state.metrics = metrics
+    _add_error_handlers(app)
+    app.include_router(_open_routes(engine, metrics))
+    app.include_router(_v1_routes(serving), dependencies=[Depends(_bearer_check(api_key))])
+    return app
+
+
+def _open_routes(engine: Any, metrics: ServerMetrics) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health() -> Response:
+        if engine.is_running:
+            return Response(status_code=HTTPStatus.OK)
+        return JSONResponse(error_body("the engine is not running", "server_error"),
+                            status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+
+    @router.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _v1_routes(serving: OpenAIServing) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    @router.get("/models", response_model=ModelList)
+    async def models() -> ModelList:
+        return serving.models()
+
+    @router.post("/chat/completions")
+    async def chat(request: ChatCompletionRequest, raw: Request) -> Response:
+        return await serving.chat(request, raw)
+
+    @router.post("/completions")
+    async def completions(request: CompletionRequest, raw: Request) -> Response:
+        return await serving.completions(request, raw)
+
+    return router
+
+
+def _bearer_check(api_key: str | None):
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def check(request: Request) -> None:
+        if expected is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        if not secrets.compare_digest(given, expected):
+            raise APIError("Incorrect API key provided.", status=HTTPStatus.UNAUTHORIZED,
+                           type="authentication_error", code="invalid_api_key")
+
+    return check
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(EngineDeadError)
+    async def engine_dead(_: Request, exc: EngineDeadError) -> Response:
+        return JSONResponse(error_body(str(exc), "server_error", code="engine_dead"),
+                            status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError) -> Response:
+        return APIError.from_value_error(exc).response()  # as vLLM: a bad value is a 400
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_: Request, exc: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> Response:
+        log.exception("request failed")
+        return JSONResponse(error_body(f"internal error: {exc!r}", "server_error"),
+                            status_code=HTTPStatus.INTERNAL_SERVER_ERROR)
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    """FastAPI's list of errors -> one OpenAI error naming the first bad field."""
+    errors = exc.errors()
+    if not errors:
+        return APIError("invalid request body")
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", first.get("msg", ""))
+        return APIError(f"the request body is not valid JSON: {detail}", code="invalid_json")
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid value")
+    if param:
+        message = f"{param}: {message}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problems)"
+    return APIError(message, param=param)

@@ -1,0 +1,147 @@
+"""One API request's run through the engine: one engine request per prompt, merged,
+turned into per-choice deltas, with usage and metrics kept on the way.
+
+Choice `prompt_index * n + i` is completion `i` of prompt `prompt_index` (OpenAI's order).
+Engine request ids are `<response id>-<prompt index>`, so an abort in the KV cache's event
+log can be traced back to the response a client saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from engine.outputs import CompletionOutput, RequestOutput
+from engine.sampling_params import SamplingParams
+from engine.server.metrics import RequestTracker, ServerMetrics
+from engine.server.prompts import Prompt
+from engine.server.protocol import UsageInfo
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Delta:
+    """What is new in one choice since the previous delta of that choice."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict[int, float]] | None
+    finish_reason: str | None
+    stop_reason: int | str | None
+
+
+class Generation:
+    """Streams the deltas of all choices of one API request."""
+
+    def __init__(
+        self, engine: Any, prompts: list[Prompt], params: SamplingParams, request_id: str,
+        metrics: ServerMetrics,
+    ):
+        self.engine = engine
+        self.prompts = prompts
+        self.params = params
+        self.request_id = request_id
+        self.n = getattr(params, "n", 1)
+        self.trackers = [metrics.track() for _ in prompts]
+        self.finals: dict[int, CompletionOutput] = {}  # choice index -> latest output
+        self._sent: dict[int, tuple[int, int]] = {}  # choice index -> (chars, tokens) sent
+        self._done: set[int] = set()  # finished choices, reported once
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.prompts) * self.n
+
+    def usage(self) -> UsageInfo:
+        prompt = sum(len(p.token_ids) for p in self.prompts)
+        completion = sum(len(c.token_ids) for c in self.finals.values())
+        return UsageInfo(prompt_tokens=prompt, completion_tokens=completion,
+                         total_tokens=prompt + completion)
+
+    async def stream(self) -> AsyncIterator[list[Delta]]:
+        """Yield a non-empty list of deltas per engine output; the engine's errors
+        (ValueError for a bad request, EngineDeadError) come out of here."""
+        streams = [self._engine_stream(i, p) for i, p in enumerate(self.prompts)]
+        try:
+            async with aclosing(merge(streams)) as merged:
+                async for prompt_index, out in merged:
+                    deltas = self._deltas(prompt_index, out)
+                    self.trackers[prompt_index].observe(out, sum(len(d.token_ids) for d in deltas))
+                    if deltas:
+                        yield deltas
+        finally:
+            for tracker in self.trackers:
+                tracker.close()
+
+    async def run_to_end(self) -> None:
+        """Consume everything (non-streaming responses read `finals` afterwards)."""
+        async with aclosing(self.stream()) as deltas:
+            async for _ in deltas:
+                pass
+
+    async def _engine_stream(self, index: int, prompt: Prompt) -> AsyncIterator[RequestOutput]:
+        # aclosing: a client that goes away closes this generator, and closing the
+        # engine's stream aborts the request and frees its blocks at the next step.
+        rid = f"{self.request_id}-{index}"
+        async with aclosing(self.engine.generate(prompt.token_ids, self.params, request_id=rid)) as outs:
+            async for out in outs:
+                yield out
+
+    def _deltas(self, prompt_index: int, out: RequestOutput) -> list[Delta]:
+        deltas = []
+        for c in out.outputs:
+            index = prompt_index * self.n + c.index
+            chars, tokens = self._sent.get(index, (0, 0))
+            if index in self._done or (
+                len(c.token_ids) == tokens and len(c.text) == chars and not c.finished
+            ):
+                continue
+            self.finals[index] = c
+            logprobs = c.logprobs[tokens:] if c.logprobs is not None else None
+            deltas.append(Delta(index, c.text[chars:], c.token_ids[tokens:], logprobs,
+                                c.finish_reason, c.stop_reason))
+            self._sent[index] = (len(c.text), len(c.token_ids))
+            if c.finished:
+                self._done.add(index)
+        return deltas
+
+
+async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Interleave async iterators as their items arrive: yields (stream index, item).
+    The first error of any stream is raised; closing this closes them all."""
+    if len(streams) == 1:  # the common case needs no tasks
+        async with aclosing(streams[0]) as stream:
+            async for item in stream:
+                yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    end = object()
+
+    async def pump(index: int, stream: AsyncIterator[T]) -> None:
+        try:
+            async with aclosing(stream):
+                async for item in stream:
+                    await queue.put((index, item))
+            await queue.put((index, end))
+        except Exception as exc:
+            await queue.put((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is end:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
