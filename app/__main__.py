@@ -1,4 +1,4 @@
-"""`pagedesk` / `python -m app`: the command line entry point."""
+"""`pagedesk` / `python -m app`: the desktop app; `pagedesk demo` / `pagedesk serve`: headless."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ import logging
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagedesk", description=__doc__)
+    # No subcommand: the desktop app.
+    parser.add_argument("--model", dest="gui_model", default=None,
+                        help="the window's model (default: the one in the settings)")
+    parser.add_argument("--data-dir", default=None,
+                        help="sessions, settings and logs (default: $PAGEDESK_DATA_DIR or the "
+                        "app data dir)")
+    parser.add_argument("--install-desktop", action="store_true",
+                        help="install a .desktop entry and icon under ~/.local/share, then exit")
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="stream a chat reply in the terminal and show the KV cache")
     demo.add_argument("--model", default=None, help="model dir, cached Hub repo id or .gguf file")
@@ -29,9 +37,18 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger().setLevel(args.log_level.upper())
         run_serve(args)
         return
+    if args.install_desktop:
+        from app.desktop_entry import install_desktop_entry
+
+        print(f"installed {install_desktop_entry()}")
+        return
+    if args.command is None:
+        from app.gui import run_gui
+
+        raise SystemExit(run_gui(model=args.gui_model, data_dir=args.data_dir))
     from app.demo import DEFAULT_QUESTION, run_demo
 
-    if args.command in (None, "demo"):
+    if args.command == "demo":
         run_demo(
             getattr(args, "question", None) or DEFAULT_QUESTION,
             model=getattr(args, "model", None),

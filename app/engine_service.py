@@ -1,0 +1,106 @@
+"""The engine service: owns the AsyncEngine, loads it off the UI thread, forwards its stats.
+
+The model loads in a worker thread (torch is imported there too, so the window opens at
+once); step statistics arrive from the engine thread and reach Qt through a queued signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+
+from app.device_info import EngineInfo, engine_info
+
+log = logging.getLogger(__name__)
+
+BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct (bundled)"
+
+
+class EngineLoadError(RuntimeError):
+    """The model could not be loaded; the message says why."""
+
+
+def build_engine(config_fields: dict[str, Any]) -> tuple[Any, EngineInfo, Any]:
+    """In a worker thread: the AsyncEngine, what to show about it, and a private copy of
+    its tokenizer for the UI thread (a fast tokenizer is not safe to share across threads)."""
+    from engine import EngineConfig
+    from engine.async_engine import AsyncEngine
+
+    config = EngineConfig(**config_fields)
+    engine = AsyncEngine(config)
+    return engine, engine_info(engine.engine, config.device), copy.deepcopy(engine.tokenizer)
+
+
+class EngineService(QObject):
+    loadingStarted = Signal(str)  # what is being loaded
+    loaded = Signal(object)  # EngineInfo
+    loadFailed = Signal(str)
+    statsUpdated = Signal(object, object)  # StepStats, KVSnapshot (emitted in the engine thread)
+
+    def __init__(self, config_fields: dict[str, Any], parent: QObject | None = None):
+        super().__init__(parent)
+        self.setObjectName("engineService")
+        self.config_fields = dict(config_fields)
+        self.engine = None  # AsyncEngine, once loaded
+        self.info: EngineInfo | None = None
+        self.tokenizer = None  # the UI thread's own copy
+        self.error: str | None = None
+        self._ready: asyncio.Future | None = None
+        self._closed = False
+
+    @property
+    def model_label(self) -> str:
+        return self.config_fields.get("model") or BUNDLED_MODEL_NAME
+
+    @property
+    def is_ready(self) -> bool:
+        return self.engine is not None
+
+    def start(self) -> asyncio.Task:
+        """Begin loading in the background; the returned task ends when it is done."""
+        self._ready = asyncio.get_event_loop().create_future()
+        self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return asyncio.ensure_future(self._load())
+
+    async def wait_ready(self):
+        """The AsyncEngine once loaded; raises EngineLoadError if loading failed."""
+        if self._ready is None:
+            raise EngineLoadError("the engine was never started")
+        return await asyncio.shield(self._ready)
+
+    async def _load(self) -> None:
+        self.loadingStarted.emit(self.model_label)
+        loop = asyncio.get_running_loop()
+        try:
+            engine, info, tokenizer = await loop.run_in_executor(
+                None, build_engine, self.config_fields
+            )
+        except Exception as exc:
+            log.exception("loading %s failed", self.model_label)
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.loadFailed.emit(self.error)
+            self._ready.set_exception(EngineLoadError(self.error))
+            return
+        if self._closed:
+            engine.shutdown()
+            return
+        self.engine, self.info, self.tokenizer = engine, info, tokenizer
+        engine.add_stats_listener(self._forward_stats)
+        log.info("engine ready: %s", info)
+        self.loaded.emit(info)
+        self._ready.set_result(engine)
+
+    def _forward_stats(self, stats, snapshot) -> None:
+        """Engine thread: hand the numbers to Qt (queued to the receivers' thread)."""
+        self.statsUpdated.emit(stats, snapshot)
+
+    def shutdown(self) -> None:
+        """Stop the engine and free the model (waits for at most the current step)."""
+        self._closed = True
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,165 @@
+"""The application controller: sessions, panes, broadcast, settings, server, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QSettings, Qt
+from PySide6.QtWidgets import QApplication
+
+from app.chat_controller import ChatController
+from app.device_info import EngineInfo
+from app.engine_service import EngineService
+from app.server_control import ServerControl
+from app.session_list_model import SessionListModel
+from app.settings import AppSettings, save_settings
+from app.store import SessionStore
+from ui.chat_pane import ChatPane
+from ui.main_window import MainWindow
+from ui.settings_dialog import SettingsDialog
+from ui.theme import apply_theme
+
+log = logging.getLogger(__name__)
+
+OPEN_PANES_KEY = "open_panes"
+
+
+class AppController(QObject):
+    def __init__(self, window: MainWindow, store: SessionStore, sessions: SessionListModel,
+                 service: EngineService, settings: AppSettings, qsettings: QSettings,
+                 data_dir: Path):  # fmt: skip
+        super().__init__(window)
+        self.setObjectName("appController")
+        self.window, self.store, self.sessions = window, store, sessions
+        self.service, self.settings, self.qsettings = service, settings, qsettings
+        self.data_dir = Path(data_dir)
+        self.chats: dict[int, ChatController] = {}  # open panes, in order
+        self.server = ServerControl(window.server_switch, service, lambda: self.settings, self)
+        self.closed = False
+        self._connect()
+
+    def _connect(self) -> None:
+        sidebar = self.window.sidebar
+        sidebar.newRequested.connect(self.new_session)
+        sidebar.openRequested.connect(self.open_session)
+        sidebar.duplicateRequested.connect(self.duplicate_session)
+        sidebar.deleteRequested.connect(self.delete_session)
+        self.sessions.dataChanged.connect(self._titles_changed)
+        self.window.broadcastRequested.connect(self.broadcast)
+        self.window.settingsRequested.connect(self.show_settings)
+        self.window.closing.connect(self.shutdown)
+        status = self.window.status
+        self.service.loadingStarted.connect(status.show_loading)
+        self.service.loaded.connect(self._engine_loaded)
+        self.service.loadFailed.connect(status.show_failed)
+        self.service.statsUpdated.connect(self._stats, Qt.ConnectionType.QueuedConnection)
+
+    # ---------------------------------------------------------------- sessions and panes
+    def restore(self) -> None:
+        """Reopen the panes that were open last time (or start a first chat)."""
+        if not self.sessions.sessions:
+            self.new_session()
+            return
+        for session_id in self.store.get_state(OPEN_PANES_KEY, []):
+            if self.store.get_session(session_id) is not None:
+                self.open_session(session_id)
+
+    def new_session(self) -> ChatController | None:
+        session = self.store.create_session()
+        self.sessions.add(session)
+        self.window.sidebar.select_session(session.id)
+        return self.open_session(session.id)
+
+    def open_session(self, session_id: int) -> ChatController | None:
+        if session_id in self.chats:
+            self.chats[session_id].pane.input.setFocus()
+            return self.chats[session_id]
+        if not self.window.can_add_pane():
+            self.window.statusBar().showMessage("Close a pane first: all pane slots are in use.", 5000)
+            return None
+        pane = ChatPane()
+        chat = ChatController(session_id, self.store, self.service, pane, self)
+        chat.titleChanged.connect(self.sessions.refresh)
+        pane.closeRequested.connect(lambda: self.close_session(session_id))
+        self.chats[session_id] = chat
+        self.window.add_pane(pane)
+        self._save_open_panes()
+        return chat
+
+    def close_session(self, session_id: int) -> None:
+        chat = self.chats.pop(session_id, None)
+        if chat is None:
+            return
+        chat.close()
+        self.window.remove_pane(chat.pane)
+        chat.deleteLater()
+        self._save_open_panes()
+
+    def duplicate_session(self, session_id: int) -> ChatController | None:
+        copy = self.store.duplicate_session(session_id)
+        self.sessions.add(copy)
+        return self.open_session(copy.id)
+
+    def delete_session(self, session_id: int) -> None:
+        self.close_session(session_id)
+        self.store.delete_session(session_id)
+        self.sessions.remove(session_id)
+
+    def _titles_changed(self, top, bottom, _roles=()) -> None:
+        for row in range(top.row(), bottom.row() + 1):
+            session = self.sessions.sessions[row]
+            if session.id in self.chats:
+                self.chats[session.id].pane.set_session(session.title, session.color)
+
+    def _save_open_panes(self) -> None:
+        if not self.closed:
+            self.store.set_state(OPEN_PANES_KEY, list(self.chats))
+
+    def broadcast(self, text: str) -> list[asyncio.Task]:
+        """One prompt to every open pane at once: all stream in the same batch."""
+        tasks = [chat.send(text) for chat in self.chats.values()]
+        busy = sum(t is None for t in tasks)
+        if busy:
+            self.window.statusBar().showMessage(f"{busy} pane(s) busy: not sent there.", 5000)
+        return [t for t in tasks if t is not None]
+
+    # ---------------------------------------------------------------- engine
+    def _engine_loaded(self, info: EngineInfo) -> None:
+        self.window.status.show_ready(info.model_name, info.device, info.attention_backend,
+                                      info.kv_tokens, info.max_model_len)  # fmt: skip
+
+    def _stats(self, stats, _snapshot) -> None:
+        if not self.closed:
+            self.window.status.show_stats(stats)
+
+    # ---------------------------------------------------------------- settings
+    def show_settings(self) -> SettingsDialog:
+        dialog = SettingsDialog(asdict(self.settings), self.window)
+        dialog.applied.connect(self.apply_settings)
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.open()
+        return dialog
+
+    def apply_settings(self, values: dict) -> None:
+        self.settings = AppSettings(**values)
+        save_settings(self.qsettings, self.settings)
+        app = QApplication.instance()
+        if app is not None:
+            apply_theme(app, self.settings.theme)
+
+    # ---------------------------------------------------------------- the end
+    def shutdown(self) -> None:
+        """Save partial replies, stop the server and the engine, close the database."""
+        if self.closed:
+            return
+        self._save_open_panes()
+        self.closed = True
+        for chat in self.chats.values():
+            chat.close()
+        self.server.shutdown()
+        self.service.shutdown()
+        self.store.close()
+        log.info("pagedesk closed")
