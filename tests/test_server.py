@@ -224,6 +224,22 @@ def test_api_key_is_required_when_set(engine, model):
         assert httpx.get(f"{locked.url}/health").status_code == 200  # probes need no key
 
 
+def test_web_pages_cannot_drive_the_local_server(server, model):
+    """DNS rebinding (a foreign Host name) and form posts (no JSON content type) are refused;
+    no CORS header lets a page read an answer."""
+    body = {"model": model, "prompt": "hi", "max_tokens": 2}
+    rebound = httpx.post(f"{server.url}/v1/completions", json=body,
+                         headers={"Host": f"evil.example:{server.port}"})
+    assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "invalid_host"
+    assert httpx.get(f"{server.url}/metrics", headers={"Host": "evil.example"}).status_code == 400
+    local = httpx.post(f"http://localhost:{server.port}/v1/completions", json=body,
+                       headers={"Origin": "http://evil.example"})
+    assert local.status_code == 200 and "access-control-allow-origin" not in local.headers
+    form = httpx.post(f"{server.url}/v1/completions", content=str(body).replace("'", '"'),
+                      headers={"Content-Type": "text/plain"})
+    assert form.status_code == 400
+
+
 # ---------------------------------------------------------------- load and disconnects
 
 

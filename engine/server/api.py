@@ -3,12 +3,17 @@
 Routes: GET /health, GET /metrics (Prometheus), GET /v1/models, POST /v1/completions,
 POST /v1/chat/completions. With an API key, /v1/* wants `Authorization: Bearer KEY`
 (/health and /metrics stay open, as in vLLM, for probes and scrapers).
+
+A server on 127.0.0.1 is still reachable from any web page the user opens: no CORS headers
+are sent (a page cannot read the answers), a non-JSON body is refused (no form posts), and
+by default only loopback `Host` headers are accepted, which defeats DNS rebinding.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -17,24 +22,33 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.async_engine import EngineDeadError
 from engine.server.errors import APIError, error_body
 from engine.server.metrics import ServerMetrics
+from engine.server.net import host_name, is_loopback
 from engine.server.protocol import ChatCompletionRequest, CompletionRequest, ModelList
 from engine.server.serving import ClientGone, OpenAIServing
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499  # nginx's code: nobody reads it, but logs show what happened
+LOOPBACK = "loopback"
 
 
 def create_app(
-    engine: Any, *, api_key: str | None = None, served_model_name: str | list[str] | None = None
+    engine: Any,
+    *,
+    api_key: str | None = None,
+    served_model_name: str | list[str] | None = None,
+    allowed_hosts: Sequence[str] | None = (LOOPBACK,),
 ) -> FastAPI:
     """The ASGI app serving `engine` (an AsyncEngine that keeps running after the app).
 
     served_model_name: the name(s) clients must use in `model` (default: the engine's
     model name). api_key: if set, every /v1 request must carry it as a bearer token.
+    allowed_hosts: the `Host` names accepted ("loopback" = localhost and loopback
+    addresses, the default); None accepts any (a server bound to a LAN address).
     """
     names = [served_model_name] if isinstance(served_model_name, str) else list(served_model_name or [])
     names = names or [engine.model_name]
@@ -47,7 +61,32 @@ def create_app(
     _add_error_handlers(app)
     app.include_router(_open_routes(engine, metrics))
     app.include_router(_v1_routes(serving), dependencies=[Depends(_bearer_check(api_key))])
+    if allowed_hosts is not None:
+        app.add_middleware(HostGuard, allowed_hosts=allowed_hosts)
     return app
+
+
+class HostGuard:
+    """Refuse requests whose `Host` is not allowed (pure ASGI: streaming is untouched)."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]):
+        self.app = app
+        self.allowed = {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._allowed(scope):
+            response = JSONResponse(error_body("this server does not answer to that Host name",
+                                               code="invalid_host"), status_code=HTTPStatus.BAD_REQUEST)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        raw = dict(scope["headers"]).get(b"host")
+        if raw is None:
+            return True  # HTTP/1.0 without Host: not a browser
+        host = host_name(raw.decode("latin-1"))
+        return host in self.allowed or (LOOPBACK in self.allowed and is_loopback(host))
 
 
 def _open_routes(engine: Any, metrics: ServerMetrics) -> APIRouter:

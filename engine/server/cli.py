@@ -10,9 +10,10 @@ Imports no Qt. Argument parsing is kept light (nothing heavy is imported until
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
+
+from engine.server.net import is_loopback
 
 log = logging.getLogger("pagedesk.serve")
 
@@ -45,22 +46,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run_serve(args: argparse.Namespace) -> None:
     """Load the engine, serve it in this thread until Ctrl-C, then shut the engine down."""
     import uvicorn
 
     from engine.async_engine import AsyncEngine
     from engine.config import EngineConfig
-    from engine.server.api import create_app
+    from engine.server.api import LOOPBACK, create_app
     from engine.server.handle import GRACEFUL_SHUTDOWN_S
 
     if not is_loopback(args.host) and not args.api_key:
@@ -73,7 +65,9 @@ def run_serve(args: argparse.Namespace) -> None:
         enable_prefix_caching=not args.no_prefix_caching,
     ))
     try:
-        app = create_app(engine, api_key=args.api_key, served_model_name=args.served_model_name)
+        hosts = (LOOPBACK,) if is_loopback(args.host) else None  # a LAN address answers to any name
+        app = create_app(engine, api_key=args.api_key, served_model_name=args.served_model_name,
+                         allowed_hosts=hosts)
         log.info("serving %s at http://%s:%d/v1", args.served_model_name or engine.model_name,
                  args.host, args.port)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,

@@ -10,7 +10,8 @@ from typing import Any
 
 import uvicorn
 
-from engine.server.api import create_app
+from engine.server.api import LOOPBACK, create_app
+from engine.server.net import is_loopback
 
 GRACEFUL_SHUTDOWN_S = 3  # open streams get this long to finish when the server stops
 
@@ -65,7 +66,8 @@ def start_server(
     once. Binds to 127.0.0.1 unless told otherwise.
     """
     sock = _bind(host, port)
-    app = create_app(engine, api_key=api_key, served_model_name=served_model_name)
+    hosts = (LOOPBACK,) if is_loopback(host) else None  # a LAN address answers to any name
+    app = create_app(engine, api_key=api_key, served_model_name=served_model_name, allowed_hosts=hosts)
     config = uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = uvicorn.Server(config)

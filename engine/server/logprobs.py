@@ -101,7 +101,11 @@ class LogprobFormatter:
             text = self.token_text(token_id)
             out.tokens.append(text)
             out.token_logprobs.append(_finite(entry.get(token_id)))
-            out.top_logprobs.append({self.token_text(t): _finite(lp) for t, lp in entry.items()})
+            top: dict[str, float | None] = {}
+            for t, lp in sorted(entry.items(), key=lambda item: -item[1]):
+                # Keyed by text, so tokens that decode alike collide: keep the likeliest.
+                top.setdefault(self.token_text(t), _finite(lp))
+            out.top_logprobs.append(top)
             out.text_offset.append(offset)
             offset += len(text)
         return out
