@@ -37,7 +37,11 @@ SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 _STALE_TMP_SECONDS = 600
 
 # GGUF tensor names (llama.cpp's) -> Hugging Face Llama names.
-_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
@@ -52,7 +56,8 @@ _LAYER_NAMES = {
 
 
 def cache_root() -> Path:
-    """pagedesk's cache: `$PAGEDESK_CACHE_DIR`, else `$XDG_CACHE_HOME/pagedesk` (~/.cache/pagedesk)."""
+    """pagedesk's cache: `$PAGEDESK_CACHE_DIR`, else `$XDG_CACHE_HOME/pagedesk`
+    (~/.cache/pagedesk); converted models live in its `converted/`."""
     env = os.environ.get("PAGEDESK_CACHE_DIR")
     if env:
         return Path(env).expanduser()
@@ -88,7 +93,8 @@ def convert_gguf(gguf_path: str | Path) -> Path:
         except OSError:
             if not is_complete(target):  # not another process's finished copy: a real error
                 raise
-        log.info("Converted %s to %s in %.1f s", gguf_path.name, target, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        log.info("Converted %s to %s in %.1f s", gguf_path.name, target, seconds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _remove_superseded(target)
@@ -173,15 +179,16 @@ def build_config(metadata: dict, tensor_names: tuple[str, ...]):
 
 
 def _rope_parameters(metadata: dict, tensor_names: tuple[str, ...]) -> dict:
-    params = {"rope_type": "default", "rope_theta": float(metadata.get("llama.rope.freq_base", 10000.0))}
+    theta = float(metadata.get("llama.rope.freq_base", 10000.0))
+    params = {"rope_type": "default", "rope_theta": theta}
     scaling = metadata.get("llama.rope.scaling.type")
     if scaling == "linear":
         params.update(rope_type="linear", factor=float(metadata["llama.rope.scaling.factor"]))
     elif scaling not in (None, "none"):
-        raise UnsupportedModelError(f"GGUF RoPE scaling {scaling!r} is not supported (only 'linear').")
+        raise UnsupportedModelError(f"GGUF RoPE scaling {scaling!r} is not supported (linear is).")
     if "rope_freqs.weight" in tensor_names:
         # Llama 3.1-style frequency factors; transformers' GGUF loader ignores them too.
-        log.warning("Ignoring the GGUF's rope_freqs tensor: long-context RoPE scaling is not applied.")
+        log.warning("Ignoring the GGUF's rope_freqs tensor: no long-context RoPE scaling.")
     return params
 
 
@@ -217,7 +224,8 @@ def read_tensors(gguf_path: Path, config) -> dict[str, np.ndarray]:
         start = header.data_start + info.offset
         raw = blob[start : start + info.nbytes].reshape(*info.shape[:-1], -1)
         weight = dequantize(raw, GGMLQuantizationType(info.ggml_type)).reshape(info.shape)
-        tensors[name] = np.ascontiguousarray(_unpermute(name, weight.astype(np.float32, copy=False), config))
+        weight = _unpermute(name, weight.astype(np.float32, copy=False), config)
+        tensors[name] = np.ascontiguousarray(weight)
     return tensors
 
 

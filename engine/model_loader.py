@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from torch import nn
 from engine import gguf_loader
 from engine.gguf_loader import convert_gguf
 from engine.models import UnsupportedModelError, get_model_class
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +59,8 @@ class LoadedModel:
     """A model ready to run, with what the engine needs around it."""
 
     model: nn.Module
-    hf_config: object  # transformers.PretrainedConfig
-    tokenizer: object  # transformers.PreTrainedTokenizerBase
+    hf_config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
     name: str
     max_model_len: int
     source_path: Path  # what was resolved: the model directory or the .gguf file
@@ -75,7 +79,7 @@ def load_model(model: str | None, *, dtype: torch.dtype, device: torch.device) -
         return load_hf_dir(converted, name=name, source_path=source, dtype=dtype, device=device)
     except (ValueError, OSError) as exc:
         # The copy passed its size check yet does not load (damaged on disk): rebuild it once.
-        log.warning("The converted copy %s does not load (%s); converting %s again.", converted, exc, source)
+        log.warning("Converted copy %s does not load (%s); converting again.", converted, exc)
         gguf_loader.discard(converted)
         converted = convert_gguf(source)
         return load_hf_dir(converted, name=name, source_path=source, dtype=dtype, device=device)
@@ -172,7 +176,11 @@ def load_hf_dir(
 
 
 def build_model(
-    model_cls: type[nn.Module], config, weight_files: list[Path], dtype: torch.dtype, device: torch.device
+    model_cls: type[nn.Module],
+    config,
+    weight_files: list[Path],
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> nn.Module:
     """Instantiate without random init (meta device), allocate on `device`, load weights."""
     with torch.device("meta"):
@@ -197,7 +205,10 @@ def _check_architecture(model_dir: Path) -> type[nn.Module]:
         raw = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{model_dir / 'config.json'} cannot be read: {exc}") from exc
-    return get_model_class(SimpleNamespace(architectures=raw.get("architectures"), model_type=raw.get("model_type")))
+    declared = SimpleNamespace(
+        architectures=raw.get("architectures"), model_type=raw.get("model_type")
+    )
+    return get_model_class(declared)
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -208,7 +219,9 @@ def _weight_files(model_dir: Path) -> list[Path]:
     if (model_dir / "model.safetensors").is_file():
         return [model_dir / "model.safetensors"]
     # Mistral repos also carry consolidated.safetensors, with other tensor names.
-    files = sorted(p for p in model_dir.glob("*.safetensors") if not p.name.startswith("consolidated"))
+    files = sorted(
+        p for p in model_dir.glob("*.safetensors") if not p.name.startswith("consolidated")
+    )
     if files:
         return files
     if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")) or any(model_dir.glob("*.pth")):
@@ -226,7 +239,9 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
-def _read_safetensors_into(model: nn.Module, files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+def _read_safetensors_into(
+    model: nn.Module, files: list[Path]
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every tensor in `files`, for `model.load_weights`.
 
     Reads with plain file reads, not mmap: on small-RAM VMs page-faulting a mapped file is
@@ -260,11 +275,11 @@ def _safetensors_header(f, path: Path) -> tuple[int, dict]:
     except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a valid safetensors file: {exc}") from exc
     if unknown:
-        raise ValueError(f"{path} holds tensors of unsupported dtypes: {', '.join(sorted(unknown))}.")
+        raise ValueError(f"{path} holds tensors of unsupported dtypes: {sorted(unknown)}.")
     return 8 + size, header
 
 
 def _read_exact(f, out: torch.Tensor, nbytes: int, path: Path) -> None:
     view = memoryview(out.view(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
     if len(view) != nbytes or f.readinto(view) != nbytes:
-        raise ValueError(f"{path} is truncated or corrupt (a tensor's bytes do not match its header).")
+        raise ValueError(f"{path} is truncated or corrupt (a tensor's bytes do not match).")

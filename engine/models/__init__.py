@@ -27,7 +27,11 @@ _REGISTRY: dict[str, type[nn.Module]] = {
 }
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_REGISTRY)
 # A config without `architectures` (hand-made, or rebuilt from a GGUF) is judged by model_type.
-_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+_MODEL_TYPES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
 
 
 class UnsupportedModelError(ValueError):

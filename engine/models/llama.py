@@ -44,7 +44,9 @@ def _head_dim(config) -> int:
 
 
 def _rope_parameters(config) -> dict:
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    # transformers 5 normalises to `rope_parameters`; older configs say `rope_scaling`.
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    params = dict(params or {})
     params.setdefault("rope_type", params.pop("type", "default"))
     if "rope_theta" not in params:
         params["rope_theta"] = getattr(config, "rope_theta", 10000.0)
@@ -52,7 +54,7 @@ def _rope_parameters(config) -> dict:
 
 
 def _inv_freq(config, head_dim: int) -> tuple[torch.Tensor, float]:
-    """RoPE inverse frequencies (on the CPU) and the cos/sin scale, as transformers computes them."""
+    """RoPE inverse frequencies (CPU) and the cos/sin scale, as transformers computes them."""
     params = _rope_parameters(config)
     rope_type = params["rope_type"]
     if rope_type == "default":
@@ -201,7 +203,8 @@ class LlamaDecoderLayer(nn.Module):
 
 
 def _biases(config) -> tuple[bool, bool]:
-    """(q/k/v bias, o_proj bias): Llama's `attention_bias` covers all four; Qwen2 biases q/k/v only."""
+    """(q/k/v bias, o_proj bias): Llama's `attention_bias` covers all four projections;
+    Qwen2 biases q/k/v only."""
     if config.model_type == "qwen2":
         return True, False
     bias = bool(getattr(config, "attention_bias", False))
@@ -236,7 +239,10 @@ class LlamaModel(nn.Module):
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (a.device, a.dtype, a.data_ptr(), a.stride()) == (b.device, b.dtype, b.data_ptr(), b.stride())
+    def key(t: torch.Tensor) -> tuple:
+        return t.device, t.dtype, t.data_ptr(), t.stride()
+
+    return key(a) == key(b)
 
 
 # Hugging Face weight name fragment -> (our merged parameter, shard).
@@ -297,7 +303,8 @@ class LlamaForCausalLM(nn.Module):
                     continue
                 if dst.shape != tensor.shape:
                     raise ValueError(
-                        f"Weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dst.shape)}."
+                        f"Weight {name!r} has shape {tuple(tensor.shape)}, "
+                        f"expected {tuple(dst.shape)}."
                     )
                 if not _same_memory(tensor, dst):
                     dst.copy_(tensor)
@@ -305,7 +312,8 @@ class LlamaForCausalLM(nn.Module):
         missing = sorted(expected - seen)
         if missing:
             more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-            raise ValueError(f"Weights missing from the checkpoint: {', '.join(missing[:8])}{more}.")
+            names = ", ".join(missing[:8])
+            raise ValueError(f"Weights missing from the checkpoint: {names}{more}.")
 
     def param_view(self, hf_name: str) -> torch.Tensor | None:
         """The part of our parameters that the Hugging Face tensor `hf_name` fills (rows of a
@@ -340,6 +348,8 @@ class LlamaForCausalLM(nn.Module):
     def _expected_hf_names(self) -> set[str]:
         names: set[str] = set()
         for name, _ in self.named_parameters():
-            shards = [name.replace(merged, hf) for hf, (merged, _) in _STACKED.items() if merged in name]
+            shards = [
+                name.replace(merged, hf) for hf, (merged, _) in _STACKED.items() if merged in name
+            ]
             names.update(shards or [name])
         return names
