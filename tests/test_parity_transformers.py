@@ -53,7 +53,7 @@ def test_bundled_smollm2_matches_transformers(make_engine, default_loaded, hf_sm
         "Translate 'good morning' into French, German and Spanish, then explain the grammar.",
         "Why is the sky blue? Answer for a ten-year-old who loves science and asks a lot "
         "of questions about light, colours and the atmosphere around our planet.",
-        "2+2=",
+        "What is 2+2? Reply with the number only, please.",
     ]
     prompts = [
         list(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
