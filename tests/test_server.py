@@ -134,6 +134,20 @@ def test_streamed_completion_equals_the_whole_reply(client, model):
     assert chunks[-1].usage.completion_tokens == 16 == whole.usage.completion_tokens
 
 
+def test_streamed_batch_with_n_equals_the_whole_reply(client, model):
+    """Two prompts x n=2: four choices, interleaved in the stream, indexed as OpenAI's."""
+    request = dict(model=model, prompt=["First prompt", "Second, longer prompt"], max_tokens=8, n=2,
+                   logprobs=1, **greedy())
+    whole = client.completions.create(**request)
+    texts, offsets = ["", "", "", ""], [[] for _ in range(4)]
+    for chunk in client.completions.create(stream=True, **request):
+        for c in chunk.choices:
+            texts[c.index] += c.text
+            offsets[c.index] += c.logprobs.text_offset
+    assert texts == [c.text for c in sorted(whole.choices, key=lambda c: c.index)]
+    assert offsets == [c.logprobs.text_offset for c in sorted(whole.choices, key=lambda c: c.index)]
+
+
 def test_extra_body_sampling_fields_reach_the_engine(client, model):
     """stop / stop_reason, seed, and vLLM's extras (top_k, min_p, repetition_penalty,
     min_tokens) are accepted and do what they say."""

@@ -164,7 +164,8 @@ class OpenAIServing:
                 logprobs = None
                 if ctx.logprobs is not None:
                     logprobs = self.logprobs.completion(d.token_ids, d.logprobs, offsets[d.index])
-                    offsets[d.index] += len(d.text)
+                    if logprobs is not None and logprobs.tokens:
+                        offsets[d.index] = logprobs.text_offset[-1] + len(logprobs.tokens[-1])
                 choices.append(CompletionChoice(index=d.index, text=d.text, logprobs=logprobs,
                                                 finish_reason=d.finish_reason, stop_reason=d.stop_reason))
             yield _sse(ctx.completion_chunk(choices))
