@@ -300,6 +300,34 @@ def test_a_client_that_goes_away_has_its_request_aborted(client, model, engine):
     assert sum(e.kind == "abort" for e in engine.engine.kv_manager.events) == aborts + 1
 
 
+def test_stopping_the_server_ends_open_streams(engine, model):
+    with start_server(engine) as spare:
+        cli = openai.OpenAI(base_url=f"{spare.url}/v1", api_key="unused", max_retries=0, timeout=30)
+        stream = cli.completions.create(model=model, prompt="z", max_tokens=1000, stream=True, **greedy())
+        next(iter(stream))
+        started = time.monotonic()
+        spare.stop()
+        assert time.monotonic() - started < 8 and not spare.is_running
+        stream.close()
+    assert wait_until(lambda: idle(engine))
+
+
+def test_a_dead_engine_gets_503_not_500(model_dir):
+    engine = AsyncEngine(EngineConfig(model=str(model_dir), device="cpu", dtype="float32"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated device failure")
+
+    engine.engine.runner.execute = broken
+    with start_server(engine) as doomed:
+        cli = openai.OpenAI(base_url=f"{doomed.url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as caught:
+            cli.completions.create(model=engine.model_name, prompt="hi", max_tokens=4)
+        assert caught.value.status_code == 503 and _error_of(caught.value)["code"] == "engine_dead"
+        assert httpx.get(f"{doomed.url}/health").status_code == 503
+    engine.shutdown()
+
+
 # ---------------------------------------------------------------- metrics
 
 
