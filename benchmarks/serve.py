@@ -159,8 +159,9 @@ def print_summary(s: dict[str, float], label: str) -> None:
     print(label)
     for title, value, fmt in rows:
         print(f"{title:<40}{value:<10{fmt}}")
-    for key, title in (("ttft_ms", "Time to First Token"), ("tpot_ms", "Time per Output Token (excl. 1st token)"),
-                       ("itl_ms", "Inter-token Latency")):
+    sections = (("ttft_ms", "Time to First Token"),
+                ("tpot_ms", "Time per Output Token (excl. 1st token)"), ("itl_ms", "Inter-token Latency"))
+    for key, title in sections:
         print(f"{title:-^50}")
         short = key.split("_")[0].upper()
         for stat, name in (("mean", "Mean"), ("median", "Median"), ("p99", "P99")):

@@ -77,8 +77,9 @@ def run_serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = add_serve_arguments(argparse.ArgumentParser(prog="pagedesk serve", description=__doc__,
-                                                         formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = argparse.ArgumentParser(prog="pagedesk serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_serve_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     run_serve(args)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.server.metrics import RequestTracker, ServerMetrics
+from engine.server.metrics import ServerMetrics
 from engine.server.prompts import Prompt
 from engine.server.protocol import UsageInfo
 

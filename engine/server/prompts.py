@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateError
-
 from engine.server.errors import APIError, unsupported
 from engine.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
 
@@ -49,8 +47,9 @@ def chat_prompt(tokenizer: Any, request: ChatCompletionRequest) -> Prompt:
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message, **extra,
         )
-    except (TemplateError, ValueError, TypeError) as exc:
-        # A template may refuse a conversation (roles that do not alternate, ...).
+    except Exception as exc:  # noqa: BLE001
+        # Templates raise what they like (jinja2's TemplateError from raise_exception for
+        # roles that do not alternate, ValueError, TypeError...): all are about this request.
         raise APIError(f"the chat template refused these messages: {exc}", param="messages") from exc
     return Prompt(list(ids))
 
