@@ -357,6 +357,26 @@ def test_metrics_parse_and_count_up(server, client, model):
     assert after["pagedesk:kv_cache_usage_perc"] == 0 and after["pagedesk:num_requests_running"] == 0
 
 
+@pytest.mark.slow
+def test_the_default_model_through_its_own_chat_template(default_loaded):
+    """SmolLM2's real template and BPE tokenizer: usage still equals the token counts."""
+    from engine import LLMEngine
+
+    engine = AsyncEngine(engine=LLMEngine(EngineConfig(device="cpu", dtype="float32"),
+                                          loaded=default_loaded))
+    prompt_ids = engine.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True,
+                                                      tokenize=True, return_dict=False)
+    try:
+        with start_server(engine) as smol:
+            cli = openai.OpenAI(base_url=f"{smol.url}/v1", api_key="unused", max_retries=0)
+            reply = cli.chat.completions.create(model=engine.model_name, messages=MESSAGES,
+                                                max_tokens=8, **greedy())
+    finally:
+        engine.shutdown()
+    assert reply.usage.prompt_tokens == len(prompt_ids)
+    assert reply.usage.completion_tokens == 8 and reply.choices[0].message.content
+
+
 # ---------------------------------------------------------------- the command line
 
 
