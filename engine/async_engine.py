@@ -252,8 +252,7 @@ class AsyncEngine:
         for stream in list(self._streams.values()):
             stream.put(closed)
         device = self.engine.device
-        self.engine.release()
-        del self.engine
+        self.engine.release()  # facts (tokenizer, model name) stay readable afterwards
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
