@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from app.context_budget import TokenCounter, measure, plan_fit
+from app.context_budget import TokenCounter, plan_fit
 from app.engine_service import EngineLoadError, EngineService
 from app.export import session_to_json, session_to_markdown
 from app.store import Message, SessionStore
@@ -66,6 +66,7 @@ class ChatController(QObject):
         self.last_output = None  # the latest RequestOutput of the running reply
         self.closed = False
         self._drop_plan = 0
+        self._system_cache: tuple[str | None, int] = (None, 0)
         pane.sendRequested.connect(self.send)
         pane.editedResendRequested.connect(self.resend_edited)
         pane.stopRequested.connect(self.stop)
@@ -91,9 +92,10 @@ class ChatController(QObject):
         self.pane.set_settings(self.settings())
         self.refresh()
 
-    def refresh(self) -> None:
+    def refresh(self, context: bool = True) -> None:
         self.pane.set_messages([to_view(m) for m in self.store.messages(self.session_id)])
-        self.update_context()
+        if context:
+            self.update_context()
 
     def _system(self) -> list[dict[str, str]]:
         prompt = self.settings().system_prompt.strip()
@@ -111,21 +113,39 @@ class ChatController(QObject):
     def _on_engine_loaded(self, _info) -> None:
         self.update_context()
 
-    def update_context(self, reply_tokens: int = 0) -> ContextUsage | None:
+    def update_context(self, prompt_tokens: int | None = None) -> ContextUsage | None:
+        """Show (and return) the context's use by the prompt as it stands."""
         if self.closed or self.service.tokenizer is None:
             return None
-        usage = measure(TokenCounter(self.service.tokenizer), self._system(), self._history(),
-                        reply_tokens, self.service.info.max_model_len)  # fmt: skip
+        system = self._system()
+        if prompt_tokens is None:
+            chat = system + self._history()
+            prompt_tokens = self._counter().count(chat) if chat else 0
+        usage = ContextUsage(self._system_tokens(system), 0, 0, self.service.info.max_model_len)
+        usage = replace(usage, history=max(0, prompt_tokens - usage.system))
         self.pane.set_context(usage)
         return usage
+
+    def _counter(self) -> TokenCounter:
+        return TokenCounter(self.service.tokenizer)
+
+    def _system_tokens(self, system: list[dict[str, str]]) -> int:
+        key = system[0]["content"] if system else ""
+        if self._system_cache[0] != key:
+            self._system_cache = (key, self._counter().count(system, generation_prompt=False))
+        return self._system_cache[1]
 
     # ---------------------------------------------------------------- actions
     def send(self, text: str) -> asyncio.Task | None:
         """Add the user's message and stream a reply (None when a reply is running)."""
         if self.busy or not text.strip():
             return None
-        self._add_user(text.strip())
-        return self._start(self._reply_if_fits())
+        return self._start(self._send(text.strip()))
+
+    async def _send(self, text: str) -> None:
+        self._add_user(text)
+        await asyncio.sleep(0)  # let other panes and the UI run between the steps of a send
+        await self._reply_if_fits()
 
     def resend_edited(self, text: str) -> asyncio.Task | None:
         """Replace the last user message (and what followed it) with `text`, and send."""
@@ -207,14 +227,18 @@ class ChatController(QObject):
             self.titleChanged.emit(self.session_id)
         self.store.add_message(self.session_id, "user", text)
         self.pane.hide_context_warning()
-        self.refresh()
+        self.refresh(context=False)  # measured when the reply starts
 
     async def _reply_if_fits(self) -> None:
         self.pane.set_streaming(True)  # waiting for the model counts as busy
+        streamed = False
         try:
             await self.service.wait_ready()
-            if not self._warn_if_too_long():
-                await self._stream_reply()
+            prompt = self._counter().prompt_ids(self._system() + self._history())
+            await asyncio.sleep(0)
+            if not self._warn_if_too_long(len(prompt)):
+                streamed = True
+                await self._stream_reply(prompt)
         except EngineLoadError as exc:
             self.store.add_message(self.session_id, "assistant", f"*The model did not load: "
                                    f"{exc}*", status="error")  # fmt: skip
@@ -223,17 +247,19 @@ class ChatController(QObject):
         finally:
             if not self.closed:
                 self.pane.set_streaming(False)
-                self.refresh()
+                # The gauge keeps prompt + reply as streamed: no re-count of the whole chat
+                # here, when several panes may finish in the same engine step.
+                self.refresh(context=not streamed)
 
-    def _warn_if_too_long(self) -> bool:
-        counter = TokenCounter(self.service.tokenizer)
+    def _warn_if_too_long(self, prompt_tokens: int) -> bool:
+        """Say so (and offer to drop the oldest turns) when prompt + reply would overflow."""
         limit = self.service.info.max_model_len
         budget = self.settings().max_tokens
-        plan = plan_fit(counter, self._system(), self._history(), budget, limit)
-        if plan == 0:
+        need = prompt_tokens + budget
+        if need <= limit:
             return False
-        need = counter.count(self._system() + self._history()) + budget
-        if plan is None:
+        plan = plan_fit(self._counter(), self._system(), self._history(), budget, limit)
+        if not plan:
             self.pane.show_context_warning(
                 f"Your last message and a reply of up to {budget:,} tokens need {need:,} "
                 f"tokens, more than the model's context of {limit:,}. Shorten the message, "
@@ -247,7 +273,7 @@ class ChatController(QObject):
             "from what the model sees? (They stay in the transcript.)", can_drop=True)  # fmt: skip
         return True
 
-    async def _stream_reply(self) -> None:
+    async def _stream_reply(self, prompt: list[int]) -> None:
         from engine import SamplingParams
 
         try:
@@ -256,8 +282,7 @@ class ChatController(QObject):
             self.store.add_message(self.session_id, "assistant",
                                    f"*Bad sampling settings: {exc}*", status="error")  # fmt: skip
             return
-        prompt = TokenCounter(self.service.tokenizer).prompt_ids(self._system() + self._history())
-        base = self.update_context()
+        base = self.update_context(len(prompt))
         message = self.store.add_message(self.session_id, "assistant", "", status="streaming")
         self.reply_id, self.reply_text, self.last_output = message.id, "", None
         self.request_id = f"session{self.session_id}-message{message.id}"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ui.chat_types import ContextUsage
-
 Chat = list[dict[str, str]]
 
 
@@ -31,15 +29,6 @@ class TokenCounter:
         return len(self.tokenizer.apply_chat_template(
             chat, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
         ))
-
-
-def measure(
-    counter: TokenCounter, system: Chat, history: Chat, reply: int, limit: int
-) -> ContextUsage:
-    """Tokens of the system prompt, of the rest of the prompt, and of the reply."""
-    system_tokens = counter.count(system, generation_prompt=False)
-    total_prompt = counter.count(system + history) if history else system_tokens
-    return ContextUsage(system_tokens, max(0, total_prompt - system_tokens), reply, limit)
 
 
 def turn_starts(history: Chat) -> list[int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
 from typing import Any
 
@@ -32,7 +33,12 @@ def build_engine(config_fields: dict[str, Any]) -> tuple[Any, EngineInfo, Any]:
 
     config = EngineConfig(**config_fields)
     engine = AsyncEngine(config)
-    return engine, engine_info(engine.engine, config.device), copy.deepcopy(engine.tokenizer)
+    tokenizer = copy.deepcopy(engine.tokenizer)
+    # torch, transformers and the model leave ~400k long-lived objects: a full garbage
+    # collection walks them all (100-350 ms on a 2-core machine), holding the GIL, and the
+    # UI thread feels it. Freezing them keeps later full collections short.
+    gc.freeze()
+    return engine, engine_info(engine.engine, config.device), tokenizer
 
 
 class EngineService(QObject):

@@ -8,7 +8,7 @@ message in the input box; Enter resends it in place of the original, Escape canc
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (
     QFileDialog, QFrame, QHBoxLayout, QLabel, QMenu, QPushButton, QToolButton,
     QVBoxLayout, QWidget,
@@ -53,8 +53,14 @@ class ChatPane(QFrame):
         self.edit_note = QLabel("Editing your last message: Enter resends it, Esc cancels.", self)
         self.edit_note.setObjectName("editNote")
         self.edit_note.hide()
+        self.color = QColor()
+        self.color_strip = QWidget(self)  # the session's colour along the pane's top
+        self.color_strip.setObjectName("sessionColorStrip")
+        self.color_strip.setFixedHeight(4)
+        self.color_strip.setAutoFillBackground(True)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
+        layout.setContentsMargins(6, 0, 6, 6)
+        layout.addWidget(self.color_strip)
         layout.addLayout(self._build_header())
         layout.addWidget(self.settings_panel)
         layout.addWidget(self.transcript, 1)
@@ -68,6 +74,7 @@ class ChatPane(QFrame):
         self.swatch = QLabel(self)
         self.swatch.setObjectName("sessionSwatch")
         self.swatch.setFixedSize(14, 14)
+        self.swatch.setAutoFillBackground(True)
         self.title = QLabel("", self)
         self.title.setObjectName("paneTitle")
         self.title.setTextFormat(Qt.TextFormat.PlainText)
@@ -120,8 +127,12 @@ class ChatPane(QFrame):
     # ---------------------------------------------------------------- showing
     def set_session(self, title: str, color: str) -> None:
         self.title.setText(title)
-        self.swatch.setStyleSheet(f"background: {QColor(color).name()}; border-radius: 7px;")
-        self.setStyleSheet(f"#chatPane {{ border-top: 3px solid {QColor(color).name()}; }}")
+        if QColor(color) != self.color:  # palettes, not style sheets: restyling is costly
+            self.color = QColor(color)
+            for strip in (self.swatch, self.color_strip):
+                palette = strip.palette()
+                palette.setColor(QPalette.ColorRole.Window, self.color)
+                strip.setPalette(palette)
 
     def set_settings(self, settings: ChatSettings) -> None:
         self.settings_panel.set_settings(settings)
@@ -134,7 +145,7 @@ class ChatPane(QFrame):
     def set_streaming(self, streaming: bool) -> None:
         self.streaming = streaming
         if not streaming:
-            self.transcript.set_streaming(None)
+            self.transcript.drop_streaming()
         self._update_buttons()
 
     def show_reply(self, text: str) -> None:

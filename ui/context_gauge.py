@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QPainter, QPaintEvent
+from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette
 from PySide6.QtWidgets import (
     QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget,
 )  # fmt: skip
@@ -11,7 +11,8 @@ from PySide6.QtWidgets import (
 from ui.chat_types import ContextUsage
 
 SEGMENT_COLORS = {"system": "#8e6cbf", "history": "#4e79a7", "reply": "#59a14f"}
-WARN_SHARE = 0.9
+WARN_SHARE = 0.9  # the label turns red from here
+NEAR_FULL_COLOR = "#c0392b"
 
 
 class ContextBar(QWidget):
@@ -30,14 +31,18 @@ class ContextBar(QWidget):
         rect = QRectF(self.rect())
         painter.fillRect(rect, self.palette().mid())
         usage = self.usage
-        if usage is None or usage.limit <= 0:
-            return
         x = 0.0
-        for name, tokens in (("system", usage.system), ("history", usage.history),
-                             ("reply", usage.reply)):  # fmt: skip
+        for name, tokens in self._segments(usage):
             width = rect.width() * min(tokens / usage.limit, 1.0 - x / rect.width())
             painter.fillRect(QRectF(x, 0, width, rect.height()), QColor(SEGMENT_COLORS[name]))
             x += width
+        painter.end()
+
+    @staticmethod
+    def _segments(usage: ContextUsage | None) -> list[tuple[str, int]]:
+        if usage is None or usage.limit <= 0:
+            return []
+        return [("system", usage.system), ("history", usage.history), ("reply", usage.reply)]
 
 
 class ContextGauge(QWidget):
@@ -52,6 +57,7 @@ class ContextGauge(QWidget):
         self.bar = ContextBar(self)
         self.label = QLabel("context: model loading…", self)
         self.label.setObjectName("contextLabel")
+        self._near = False
         self.warning = self._build_warning()
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
@@ -91,7 +97,12 @@ class ContextGauge(QWidget):
             f"reply {usage.reply:,} of a {usage.limit:,}-token context"
         )
         near = usage.limit > 0 and usage.total >= WARN_SHARE * usage.limit
-        self.label.setStyleSheet("color: #c0392b; font-weight: bold;" if near else "")
+        if near != self._near:
+            self._near = near
+            palette = self.palette()
+            if near:
+                palette.setColor(QPalette.ColorRole.WindowText, QColor(NEAR_FULL_COLOR))
+            self.label.setPalette(palette)
 
     def show_warning(self, text: str, can_drop: bool) -> None:
         self.warning_label.setText(text)

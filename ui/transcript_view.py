@@ -44,6 +44,11 @@ class TranscriptView(QTextBrowser):
         if not self._timer.isActive():
             self._timer.start()
 
+    def drop_streaming(self) -> None:
+        """Forget the streaming reply without rendering (set_messages follows)."""
+        self._streaming = None
+        self._timer.stop()
+
     def flush(self) -> None:
         """Render now what is pending."""
         if self._timer.isActive():
