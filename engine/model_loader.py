@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,7 @@ def load_hf_dir(
     model_dir: Path, *, name: str, source_path: Path, dtype: torch.dtype, device: torch.device
 ) -> LoadedModel:
     """Load a Hugging Face model directory into our implementation of its architecture."""
+    started = time.perf_counter()
     from transformers import AutoConfig, AutoTokenizer
 
     model_cls = _check_architecture(model_dir)
@@ -171,7 +173,13 @@ def load_hf_dir(
     if not any((model_dir / f).is_file() for f in _TOKENIZER_FILES):
         raise ValueError(f"{model_dir} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}).")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    weights_started = time.perf_counter()
     model = build_model(model_cls, config, weight_files, dtype, device)
+    done = time.perf_counter()
+    log.info(
+        "Loaded %s in %.2f s (config and tokenizer %.2f s, weights %.2f s)",
+        name, done - started, weights_started - started, done - weights_started,
+    )  # fmt: skip
     return LoadedModel(model, config, tokenizer, name, max_model_len_of(config), source_path)
 
 
