@@ -70,6 +70,7 @@ class EngineService(QObject):
         """Begin loading in the background; the returned task ends when it is done."""
         self._ready = asyncio.get_event_loop().create_future()
         self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.loadingStarted.emit(self.model_label)
         return asyncio.ensure_future(self._load())
 
     async def wait_ready(self):
@@ -79,7 +80,6 @@ class EngineService(QObject):
         return await asyncio.shield(self._ready)
 
     async def _load(self) -> None:
-        self.loadingStarted.emit(self.model_label)
         loop = asyncio.get_running_loop()
         try:
             engine, info, tokenizer = await loop.run_in_executor(
@@ -110,3 +110,4 @@ class EngineService(QObject):
         engine, self.engine = self.engine, None
         if engine is not None:
             engine.shutdown()
+            gc.unfreeze()  # let the interpreter free everything at exit

@@ -20,6 +20,7 @@ KV_CACHE_BYTES = 16 << 20  # plenty for the tiny model, quick to allocate
 def qloop(qapp):
     import qasync
 
+    qapp.setQuitOnLastWindowClosed(False)  # a test's window closing must not stop the loop
     loop = qasync.QEventLoop(qapp, already_running=False)
     asyncio.set_event_loop(loop)
     yield loop
@@ -64,8 +65,10 @@ def open_app(loop, data_dir: Path, model: Path | str | None, **settings):
 
 
 def close_app(loop, window) -> None:
-    window.controller.shutdown()
-    loop.run_until_complete(asyncio.sleep(0.05))  # let cancelled tasks finish
+    """Close it as a person would (closeEvent shuts the app down), then let tasks finish."""
+    window.close()
+    window.controller.shutdown()  # a no-op if closeEvent did it
+    loop.run_until_complete(asyncio.sleep(0.05))
     window.deleteLater()
 
 
