@@ -21,6 +21,8 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from math import prod
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 CONVERTER_VERSION = 2
 MARKER = "pagedesk-converted.json"
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
+# The converted copy is float32 (exact for dequantised values, and the CPU's compute dtype)
+# up to this many parameters; float16 above, so a 7B model's copy is 14 GB, not 28 GB.
+FP32_MAX_PARAMS = 2_000_000_000
+SHARD_BYTES = 2 * 2**30
 _STALE_TMP_SECONDS = 600
 
 # GGUF tensor names (llama.cpp's) -> Hugging Face Llama names.
@@ -119,9 +125,7 @@ def is_complete(directory: Path) -> bool:
 
 
 def write_converted(gguf_path: Path, out: Path) -> None:
-    """Write config.json, tokenizer files, model.safetensors and the marker into `out`."""
-    from safetensors.numpy import save_file
-
+    """Write config.json, tokenizer files, safetensors weights and the marker into `out`."""
     gguf = _gguf_api()
     metadata, tensor_names = gguf.read_gguf_metadata(str(gguf_path))
     architecture = metadata["general.architecture"]
@@ -132,12 +136,10 @@ def write_converted(gguf_path: Path, out: Path) -> None:
         )
     config = build_config(metadata, tensor_names)
     tokenizer = build_tokenizer(gguf_path, config.max_position_embeddings)
-    tensors = read_tensors(gguf_path, config)
-
     out.mkdir(parents=True)
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    write_weights(gguf_path, config, out)
     _write_marker(out, gguf_path)
 
 
@@ -204,29 +206,67 @@ def build_tokenizer(gguf_path: Path, max_length: int):
     )
 
 
-def read_tensors(gguf_path: Path, config) -> dict[str, np.ndarray]:
-    """Every tensor, dequantised to float32, under Hugging Face names, q/k rows un-permuted.
+def write_weights(gguf_path: Path, config, out: Path) -> None:
+    """The GGUF's tensors as `model.safetensors` (or shards of ~SHARD_BYTES and an index),
+    float32 up to FP32_MAX_PARAMS parameters, float16 above."""
+    header = _gguf_api().GgufHeader.from_file(str(gguf_path))
+    params = sum(prod(info.shape) for info in header.tensors)
+    dtype = np.float32 if params <= FP32_MAX_PARAMS else np.float16
+    shard: dict[str, np.ndarray] = {}
+    shard_of: dict[str, int] = {}  # tensor name -> shard number, for the index
+    count = 0  # shards written so far
+    for name, weight in iter_tensors(gguf_path, header, config):
+        if shard and sum(a.nbytes for a in shard.values()) >= SHARD_BYTES:
+            _save_shard(shard, out, count)  # written as it fills: memory stays bounded
+            shard, count = {}, count + 1
+        shard[name] = weight.astype(dtype, copy=False)
+        shard_of[name] = count
+    _save_shard(shard, out, count)
+    _name_shards(out, shard_of, count + 1)
+
+
+def _save_shard(tensors: dict[str, np.ndarray], out: Path, number: int) -> None:
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(out / f"shard-{number}.tmp"), metadata={"format": "pt"})
+
+
+def _name_shards(out: Path, shard_of: dict[str, int], count: int) -> None:
+    """Rename the shards the Hugging Face way, with an index when there are several."""
+    if count == 1:
+        (out / "shard-0.tmp").rename(out / "model.safetensors")
+        return
+    names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    for i, name in enumerate(names):
+        (out / f"shard-{i}.tmp").rename(out / name)
+    index = {
+        "metadata": {"total_size": sum((out / name).stat().st_size for name in names)},
+        "weight_map": {tensor: names[i] for tensor, i in shard_of.items()},
+    }
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+
+
+def iter_tensors(gguf_path: Path, header, config) -> Iterator[tuple[str, np.ndarray]]:
+    """Each tensor, dequantised to float32, under its Hugging Face name, q/k un-permuted.
 
     numpy (gguf's dequantisers), not torch: torch's two OpenMP threads spin when other
     processes want the CPU, and the same dequantisation then took 13 s instead of 1 s.
+    Plain reads per tensor: faulting in a memory map is slower, and memory stays bounded.
     """
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
-    header = _gguf_api().GgufHeader.from_file(str(gguf_path))
-    blob = np.fromfile(gguf_path, dtype=np.uint8)  # one plain read: faulting in a map is slower
-    tensors = {}
     for info in header.tensors:
         name = hf_tensor_name(info.name)
         if name is None:
             log.warning("Skipping GGUF tensor %s (no Hugging Face counterpart).", info.name)
             continue
-        start = header.data_start + info.offset
-        raw = blob[start : start + info.nbytes].reshape(*info.shape[:-1], -1)
+        offset = header.data_start + info.offset
+        raw = np.fromfile(gguf_path, dtype=np.uint8, count=info.nbytes, offset=offset)
+        raw = raw.reshape(*info.shape[:-1], -1)
         weight = dequantize(raw, GGMLQuantizationType(info.ggml_type)).reshape(info.shape)
         weight = _unpermute(name, weight.astype(np.float32, copy=False), config)
-        tensors[name] = np.ascontiguousarray(weight)
-    return tensors
+        yield name, np.ascontiguousarray(weight)
 
 
 def hf_tensor_name(gguf_name: str) -> str | None:

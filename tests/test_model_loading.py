@@ -297,6 +297,22 @@ def test_gguf_conversion_matches_transformers_gguf_loader(tiny_gguf, own_cache, 
     assert loaded.name == "tiny.Q8_0" and loaded.max_model_len == 1024
 
 
+def test_big_gguf_is_stored_as_float16_shards(tiny_gguf, tmp_path, monkeypatch):
+    """Above FP32_MAX_PARAMS the copy is float16, written in shards of ~SHARD_BYTES."""
+    monkeypatch.setenv("PAGEDESK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gguf_loader, "FP32_MAX_PARAMS", 0)
+    monkeypatch.setattr(gguf_loader, "SHARD_BYTES", 100_000)
+    loaded = load(str(tiny_gguf))
+    converted = gguf_loader.converted_dir_for(tiny_gguf)
+    assert len(list(converted.glob("model-*-of-*.safetensors"))) > 2
+    assert (converted / "model.safetensors.index.json").is_file()
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    reference = AutoModelForCausalLM.from_pretrained(tiny_gguf.parent, gguf_file=tiny_gguf.name)
+    hf = reference.state_dict()
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(loaded.model.param_view(name), hf[name].half().float())
+
+
 @pytest.mark.parametrize("damage", ["truncate-weights", "drop-marker", "bad-marker"])
 def test_damaged_cache_is_rebuilt(tiny_gguf, own_cache, monkeypatch, damage):
     monkeypatch.setenv("PAGEDESK_CACHE_DIR", str(own_cache))
