@@ -152,7 +152,7 @@ def test_bundled_smollm2_matches_transformers_gguf(default_loaded, hf_smollm2_gg
                  [(0, lengths[0], 1), (1, lengths[1], 1)],
                  [(0, lengths[0] + 1, 1), (1, lengths[1] + 1, 1)]):  # fmt: skip
         for (s, start, n), ours in zip(work, run.step(work)):
-            torch.testing.assert_close(ours, refs[s][start : start + n], atol=2e-3, rtol=1e-4)
+            torch.testing.assert_close(ours, refs[s][start : start + n], atol=5e-4, rtol=1e-4)
     # And the answer is sensible (a wrong q/k un-permutation would still "run").
     first = refs[0][lengths[0] - 1].argmax().item()
     assert tok.decode([first]).strip() in {"The", "Paris"}
