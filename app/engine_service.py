@@ -7,7 +7,6 @@ once); step statistics arrive from the engine thread and reach Qt through a queu
 from __future__ import annotations
 
 import asyncio
-import copy
 import gc
 import logging
 from typing import Any
@@ -25,20 +24,23 @@ class EngineLoadError(RuntimeError):
     """The model could not be loaded; the message says why."""
 
 
-def build_engine(config_fields: dict[str, Any]) -> tuple[Any, EngineInfo, Any]:
-    """In a worker thread: the AsyncEngine, what to show about it, and a private copy of
-    its tokenizer for the UI thread (a fast tokenizer is not safe to share across threads)."""
-    from engine import EngineConfig
-    from engine.async_engine import AsyncEngine
+def build_engine(config_fields: dict[str, Any]) -> tuple[Any, EngineInfo]:
+    """In a worker thread: the AsyncEngine and what to show about it."""
+    # torch, transformers and the model make ~450k long-lived objects. A full garbage
+    # collection walks them all (100-350 ms on a 2-core machine) holding the GIL, which the
+    # UI thread feels: none runs while loading (it leaves ~7k unreachable objects), and the
+    # survivors are frozen, so later full collections skip them.
+    gc.disable()
+    try:
+        from engine import EngineConfig
+        from engine.async_engine import AsyncEngine
 
-    config = EngineConfig(**config_fields)
-    engine = AsyncEngine(config)
-    tokenizer = copy.deepcopy(engine.tokenizer)
-    # torch, transformers and the model leave ~400k long-lived objects: a full garbage
-    # collection walks them all (100-350 ms on a 2-core machine), holding the GIL, and the
-    # UI thread feels it. Freezing them keeps later full collections short.
-    gc.freeze()
-    return engine, engine_info(engine.engine, config.device), tokenizer
+        config = EngineConfig(**config_fields)
+        engine = AsyncEngine(config)
+    finally:
+        gc.freeze()
+        gc.enable()
+    return engine, engine_info(engine.engine, config.device)
 
 
 class EngineService(QObject):
@@ -53,7 +55,7 @@ class EngineService(QObject):
         self.config_fields = dict(config_fields)
         self.engine = None  # AsyncEngine, once loaded
         self.info: EngineInfo | None = None
-        self.tokenizer = None  # the UI thread's own copy
+        self.tokenizer = None  # the engine's, once loaded
         self.error: str | None = None
         self._ready: asyncio.Future | None = None
         self._closed = False
@@ -82,9 +84,7 @@ class EngineService(QObject):
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            engine, info, tokenizer = await loop.run_in_executor(
-                None, build_engine, self.config_fields
-            )
+            engine, info = await loop.run_in_executor(None, build_engine, self.config_fields)
         except Exception as exc:
             log.exception("loading %s failed", self.model_label)
             self.error = f"{type(exc).__name__}: {exc}"
@@ -94,7 +94,10 @@ class EngineService(QObject):
         if self._closed:
             engine.shutdown()
             return
-        self.engine, self.info, self.tokenizer = engine, info, tokenizer
+        # The UI thread counts tokens with the engine's tokenizer, as AsyncEngine.generate
+        # does with chat prompts: encoding without truncation or padding changes nothing in
+        # it, so it is safe beside the engine thread's decoding.
+        self.engine, self.info, self.tokenizer = engine, info, engine.tokenizer
         engine.add_stats_listener(self._forward_stats)
         log.info("engine ready: %s", info)
         self.loaded.emit(info)

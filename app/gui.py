@@ -13,6 +13,12 @@ log = logging.getLogger(__name__)
 
 
 def run_gui(model: str | None = None, data_dir: str | Path | None = None) -> int:
+    from app.platform_check import display_problem
+
+    problem = display_problem()
+    if problem:
+        print(f"pagedesk: {problem}", file=sys.stderr)
+        return 2
     import qasync
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
@@ -38,6 +44,7 @@ def run_gui(model: str | None = None, data_dir: str | Path | None = None) -> int
     apply_theme(app, load_settings(open_qsettings(data_dir)).theme)
     window = create_window(data_dir, model)
     window.show()
+    log.info("window shown")
     quitting = asyncio.Event()
     app.aboutToQuit.connect(quitting.set)
     with loop:

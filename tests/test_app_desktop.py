@@ -69,3 +69,16 @@ def test_the_app_names_the_same_desktop_file(qapp):
     QGuiApplication.setDesktopFileName(DESKTOP_ID)
     assert QGuiApplication.desktopFileName() == "pagedesk"
     assert (REPO / "resources" / "pagedesk.desktop.in").read_text().count("Icon=pagedesk") == 1
+
+
+def test_a_missing_display_is_explained_instead_of_a_qt_abort(monkeypatch):
+    import ctypes.util
+
+    from app.platform_check import display_problem
+
+    assert display_problem({"QT_QPA_PLATFORM": "offscreen"}) is None
+    assert "no display" in display_problem({})
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None if "icccm" in name else name)
+    assert display_problem({"DISPLAY": ":0"}).endswith("apt-get install libxcb-icccm4")
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: name)
+    assert display_problem({"DISPLAY": ":0"}) is None

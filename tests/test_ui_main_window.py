@@ -87,7 +87,7 @@ def test_status_bar_shows_loading_then_the_engine(qtbot):
                                 step_seconds=0.02, num_running=4, num_waiting=1,
                                 num_preemptions=0, prefix_cache_hit_tokens=0, kv_usage=0.25,
                                 finished_time=0.0, **extra_stats_fields()))  # fmt: skip
-    assert status.activity.text().startswith("batch 4 · running 4 · waiting 1 · 200 tok/s")
+    assert status.activity.text() == "batch 4 · running 4 · waiting 1 · 200 tok/s · KV 25.0%"
 
 
 def extra_stats_fields() -> dict:

@@ -20,7 +20,7 @@ class ServerSwitch(QWidget):
         self.address.setObjectName("serverAddress")
         self.address.setReadOnly(True)
         self.address.setPlaceholderText("off")
-        self.address.setMinimumWidth(190)
+        self.address.setFixedWidth(220)
         self.copy_button = QToolButton(self)
         self.copy_button.setObjectName("copyAddressButton")
         self.copy_button.setText("Copy")
@@ -31,6 +31,7 @@ class ServerSwitch(QWidget):
         layout.addWidget(self.switch)
         layout.addWidget(self.address)
         layout.addWidget(self.copy_button)
+        layout.addStretch(1)
 
     def _set_checked(self, on: bool) -> None:
         self.switch.blockSignals(True)

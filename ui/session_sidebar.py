@@ -35,6 +35,8 @@ class SessionSidebar(QWidget):
         self.list.setObjectName("sessionList")
         self.list.setModel(self.proxy)
         self.list.setEditTriggers(QAbstractItemView.EditTrigger.EditKeyPressed)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.list.activated.connect(self._open_index)
         self.list.doubleClicked.connect(self._open_index)
         layout = QVBoxLayout(self)

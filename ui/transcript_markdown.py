@@ -22,9 +22,11 @@ def close_open_fence(text: str) -> str:
 
 def message_markdown(message: ChatMessage, streaming: bool = False) -> str:
     title = ROLE_TITLES.get(message.role, message.role)
-    body = close_open_fence(message.content) if message.content else ""
-    if streaming:
-        body = (body + CURSOR) if body else f"*thinking…* {CURSOR}"
+    if streaming:  # the cursor goes at the end of the text, inside an open code block too
+        body = close_open_fence(message.content + CURSOR) if message.content else (
+            f"*thinking…* {CURSOR}")
+    else:
+        body = close_open_fence(message.content) if message.content else ""
     parts = [f"**{title}**", body or "*(empty)*"]
     footer = []
     if message.stats is not None:

@@ -7,6 +7,7 @@ arrive, so several panes streaming at once stay cheap for the UI thread.
 from __future__ import annotations
 
 from PySide6.QtCore import QTimer
+from PySide6.QtGui import QPalette, QTextBlockFormat, QTextCursor, QTextFormat
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
 from ui.chat_types import ChatMessage
@@ -60,4 +61,20 @@ class TranscriptView(QTextBrowser):
         position, at_bottom = bar.value(), bar.value() >= bar.maximum() - 8
         self._markdown = transcript_markdown(self._messages, self._streaming)
         self.setMarkdown(self._markdown)
+        self._shade_code_blocks()
         bar.setValue(bar.maximum() if at_bottom else position)
+
+    def _shade_code_blocks(self) -> None:
+        """Give code blocks a background, as chat apps do (Qt's Markdown reader marks them
+        as fenced, pre-formatted blocks but paints them like paragraphs)."""
+        shade = QTextBlockFormat()
+        shade.setBackground(self.palette().color(QPalette.ColorRole.AlternateBase))
+        cursor = QTextCursor(self.document())
+        block = self.document().begin()
+        cursor.beginEditBlock()
+        while block.isValid():
+            if block.blockFormat().hasProperty(QTextFormat.Property.BlockCodeFence):
+                cursor.setPosition(block.position())
+                cursor.mergeBlockFormat(shade)
+            block = block.next()
+        cursor.endEditBlock()
