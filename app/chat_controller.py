@@ -231,6 +231,7 @@ class ChatController(QObject):
 
     async def _reply_if_fits(self) -> None:
         self.pane.set_streaming(True)  # waiting for the model counts as busy
+        self.pane.show_reply("")  # "thinking…" until the first words arrive
         streamed = False
         try:
             await self.service.wait_ready()

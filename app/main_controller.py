@@ -56,6 +56,9 @@ class AppController(QObject):
         self.service.loaded.connect(self._engine_loaded)
         self.service.loadFailed.connect(status.show_failed)
         self.service.statsUpdated.connect(self._stats, Qt.ConnectionType.QueuedConnection)
+        app = QApplication.instance()
+        if app is not None:
+            app.styleHints().colorSchemeChanged.connect(self._system_theme_changed)
 
     # ---------------------------------------------------------------- sessions and panes
     def restore(self) -> None:
@@ -143,6 +146,10 @@ class AppController(QObject):
         dialog.open()
         return dialog
 
+    def _system_theme_changed(self, _scheme) -> None:
+        if self.settings.theme == "system" and not self.closed:
+            apply_theme(QApplication.instance(), "system")
+
     def apply_settings(self, values: dict) -> None:
         self.settings = AppSettings(**values)
         save_settings(self.qsettings, self.settings)
@@ -157,6 +164,9 @@ class AppController(QObject):
             return
         self._save_open_panes()
         self.closed = True
+        app = QApplication.instance()
+        if app is not None:
+            app.styleHints().colorSchemeChanged.disconnect(self._system_theme_changed)
         for chat in self.chats.values():
             chat.close()
         self.server.shutdown()

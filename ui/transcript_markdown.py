@@ -11,6 +11,7 @@ STATUS_NOTES = {
     "error": "error",
 }
 CURSOR = "▍"
+SEPARATOR = "---\n\n"  # between messages (a horizontal rule)
 DROPPED_NOTE = "*— the turns above no longer fit the context and are not sent to the model —*"
 
 
@@ -49,4 +50,4 @@ def transcript_markdown(messages: list[ChatMessage], streaming: ChatMessage | No
         blocks.append(message_markdown(m))
     if streaming is not None:
         blocks.append(message_markdown(streaming, streaming=True))
-    return "\n\n---\n\n".join(blocks) + "\n"
+    return ("\n\n" + SEPARATOR).join(blocks) + "\n"
