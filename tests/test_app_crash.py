@@ -1,5 +1,6 @@
 """Crash safety: the app, SIGKILLed mid-stream, leaves a database with every completed
-message and the partial reply up to about a second before the kill."""
+message and the partial reply up to about a second before the kill. And the ordinary end:
+closing the window mid-stream keeps the partial reply and exits cleanly."""
 
 from __future__ import annotations
 
@@ -28,14 +29,19 @@ def read_events(proc, events: list) -> None:
             events.append((time.monotonic(), json.loads(line)))
 
 
-def test_sigkill_mid_stream_loses_at_most_the_last_second(tiny_model, tmp_path):
-    data_dir = tmp_path / "data"
+def start_app(data_dir: Path, model: Path, *args: str) -> tuple[subprocess.Popen, list]:
     write_settings(data_dir)
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(CHILD.parent.parent)}
-    proc = subprocess.Popen([sys.executable, str(CHILD), str(data_dir), str(tiny_model)],
+    proc = subprocess.Popen([sys.executable, str(CHILD), str(data_dir), str(model), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     events: list = []
     threading.Thread(target=read_events, args=(proc, events), daemon=True).start()
+    return proc, events
+
+
+def test_sigkill_mid_stream_loses_at_most_the_last_second(tiny_model, tmp_path):
+    data_dir = tmp_path / "data"
+    proc, events = start_app(data_dir, tiny_model)
     try:
         deadline = time.monotonic() + 120
         while not streamed_long_enough(events):
@@ -73,3 +79,20 @@ def test_sigkill_mid_stream_loses_at_most_the_last_second(tiny_model, tmp_path):
 def streamed_long_enough(events: list) -> bool:
     partial_times = [t for t, e in events if e["event"] == "partial" and e["text"]]
     return bool(partial_times) and partial_times[-1] - partial_times[0] >= STREAM_BEFORE_KILL_S
+
+
+def test_closing_the_window_mid_stream_keeps_the_partial_reply_and_exits(tiny_model, tmp_path):
+    data_dir = tmp_path / "data"
+    proc, events = start_app(data_dir, tiny_model, "close")
+    try:
+        assert proc.wait(120) == 0
+    finally:
+        proc.kill()
+    time.sleep(0.1)  # the reader thread takes the last lines
+    closing = next(e for _, e in events if e["event"] == "closing")
+    assert next(e for _, e in events if e["event"] == "exited")["code"] == 0
+    store = SessionStore(database_path(data_dir))
+    reply = store.messages(store.list_sessions()[0].id)[-1]
+    store.close()
+    assert reply.status == "stopped" and reply.content.startswith(closing["text"]) and reply.content
+    assert "pagedesk closed" in (data_dir / "logs" / "pagedesk.log").read_text()
