@@ -9,7 +9,7 @@ import logging
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagedesk", description=__doc__)
     # No subcommand: the desktop app.
-    parser.add_argument("--model", dest="gui_model", default=None,
+    parser.add_argument("--model", dest="gui_model", metavar="MODEL", default=None,
                         help="the window's model (default: the one in the settings)")
     parser.add_argument("--data-dir", default=None,
                         help="sessions, settings and logs (default: $PAGEDESK_DATA_DIR or the "

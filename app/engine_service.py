@@ -113,4 +113,4 @@ class EngineService(QObject):
         engine, self.engine = self.engine, None
         if engine is not None:
             engine.shutdown()
-            gc.unfreeze()  # let the interpreter free everything at exit
+        gc.unfreeze()  # let the interpreter free everything at exit
