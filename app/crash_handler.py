@@ -54,6 +54,10 @@ class CrashReporter(QObject):
     def _show(self, text: str) -> None:
         dialog = CrashDialog(text, str(self.log_path))
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        dialog.destroyed.connect(lambda: self.dialogs.remove(dialog) if dialog in self.dialogs else None)
+        dialog.destroyed.connect(lambda: self._forget(dialog))
         self.dialogs.append(dialog)
         dialog.show()  # not exec(): no nested event loop
+
+    def _forget(self, dialog: CrashDialog) -> None:
+        if dialog in self.dialogs:
+            self.dialogs.remove(dialog)

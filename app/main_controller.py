@@ -81,7 +81,7 @@ class AppController(QObject):
             self.chats[session_id].pane.input.setFocus()
             return self.chats[session_id]
         if not self.window.can_add_pane():
-            self.window.statusBar().showMessage("Close a pane first: all pane slots are in use.", 5000)
+            self.window.statusBar().showMessage("Close a pane first: all slots are in use.", 5000)
             return None
         pane = ChatPane()
         chat = ChatController(session_id, self.store, self.service, pane, self)

@@ -189,7 +189,8 @@ class SessionStore:
         if stats is not None:
             sets.append("stats = ?")
             args.append(json.dumps(stats))
-        self.conn.execute(f"UPDATE messages SET {', '.join(sets)} WHERE id = ?", (*args, message_id))
+        sql = f"UPDATE messages SET {', '.join(sets)} WHERE id = ?"
+        self.conn.execute(sql, (*args, message_id))
 
     def delete_messages(self, message_ids: Iterable[int]) -> None:
         ids = list(message_ids)
@@ -234,4 +235,5 @@ class SessionStore:
     @staticmethod
     def _message(row: tuple) -> Message:
         mid, sid, role, content, status, stats, created, _updated, in_context = row
-        return Message(mid, sid, role, content, status, json.loads(stats), bool(in_context), created)
+        return Message(mid, sid, role, content, status, json.loads(stats), bool(in_context),
+                       created)  # fmt: skip

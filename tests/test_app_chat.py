@@ -10,7 +10,9 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QPlainTextEdit, QPushButton, QTextBrowser
 
-from app_testing import close_app, long_replies, open_app, qloop, run, tiny_model, until  # noqa: F401
+from app_testing import (  # noqa: F401  (fixtures)
+    close_app, long_replies, open_app, qloop, run, tiny_model, until,
+)
 
 
 def type_and_send(pane, text: str) -> None:

@@ -12,7 +12,9 @@ from PySide6.QtWidgets import QApplication, QLabel
 
 from app.crash_handler import CrashReporter
 from app.settings import load_settings, open_qsettings
-from app_testing import close_app, open_app, qloop, run, tiny_model, until, write_settings  # noqa: F401
+from app_testing import (  # noqa: F401  (fixtures)
+    close_app, open_app, qloop, run, tiny_model, until, write_settings,
+)
 
 
 def test_a_model_that_does_not_load_is_reported_and_the_window_lives_on(qloop, tmp_path):

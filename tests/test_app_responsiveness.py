@@ -8,7 +8,9 @@ import time
 
 from PySide6.QtCore import QTimer
 
-from app_testing import close_app, long_replies, open_app, qloop, run, tiny_model, until  # noqa: F401
+from app_testing import (  # noqa: F401  (fixtures)
+    close_app, long_replies, open_app, qloop, run, tiny_model, until,
+)
 
 MAX_GAP_S = 0.100
 

@@ -11,7 +11,9 @@ import urllib.request
 
 from PySide6.QtWidgets import QCheckBox, QLineEdit
 
-from app_testing import close_app, long_replies, open_app, qloop, run, tiny_model, until  # noqa: F401
+from app_testing import (  # noqa: F401  (fixtures)
+    close_app, long_replies, open_app, qloop, run, tiny_model, until,
+)
 
 
 def free_port() -> int:
@@ -52,8 +54,8 @@ def test_server_switch_serves_the_running_engine_beside_the_chats(qloop, tiny_mo
         await until(lambda: len(chat.reply_text) > 5, what="the pane to stream")
         loop = asyncio.get_running_loop()
         url = f"{address.text()}/v1/chat/completions"
-        body = {"model": ctrl.service.info.model_name, "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 5, "temperature": 0}  # fmt: skip
+        body = {"model": ctrl.service.info.model_name, "max_tokens": 5, "temperature": 0,
+                "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
         ok = await loop.run_in_executor(None, post, url, body, "sesame")
         refused = await loop.run_in_executor(None, post, url, body, None)
         busy = chat.busy

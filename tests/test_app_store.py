@@ -48,8 +48,8 @@ def test_messages_update_delete_and_context_flags(store):
     assert store.get_message(m.id).content == "partial"
     store.update_message(m.id, "done", status="complete", stats={"tokens": 3})
     done = store.get_message(m.id)
-    assert (done.content, done.status, done.stats, done.in_context) == ("done", "complete",
-                                                                       {"tokens": 3}, True)  # fmt: skip
+    assert (done.content, done.status, done.stats) == ("done", "complete", {"tokens": 3})
+    assert done.in_context
     store.set_in_context([m.id], False)
     assert not store.get_message(m.id).in_context
     store.delete_messages([m.id])

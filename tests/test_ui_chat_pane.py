@@ -110,8 +110,9 @@ def test_context_gauge_and_overflow_offer(qtbot):
 def test_transcript_renders_markdown_code_and_reply_numbers(qtbot):
     pane = make_pane(qtbot)
     reply = "Here:\n\n```python\nprint('hi')\n```\n\nand **bold**."
+    stats = ReplyStats(12, 0.25, 31.5)
     pane.set_messages([ChatMessage("user", "Show code"),
-                       ChatMessage("assistant", reply, stats=ReplyStats(12, 0.25, 31.5))])  # fmt: skip
+                       ChatMessage("assistant", reply, stats=stats)])  # fmt: skip
     doc = pane.transcript.document()
     code_blocks = [doc.findBlockByNumber(i) for i in range(doc.blockCount())
                    if "print('hi')" in doc.findBlockByNumber(i).text()]  # fmt: skip

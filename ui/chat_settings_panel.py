@@ -44,7 +44,8 @@ class ChatSettingsPanel(QFrame):
         for box in (self.temperature, self.top_p, self.top_k, self.max_tokens, self.seed):
             box.valueChanged.connect(self._emit)
 
-    def _double(self, name: str, low: float, high: float, step: float, decimals: int) -> QDoubleSpinBox:
+    def _double(self, name: str, low: float, high: float, step: float,
+                decimals: int) -> QDoubleSpinBox:  # fmt: skip
         box = QDoubleSpinBox(self)
         box.setObjectName(name)
         box.setRange(low, high)

@@ -53,5 +53,6 @@ class EngineStatus:
     def show_stats(self, stats: StepStats) -> None:
         self.activity.setText(
             f"batch {stats.batch_size} · running {stats.num_running} · waiting "
-            f"{stats.num_waiting} · {stats.tokens_per_second:,.0f} tok/s · KV {stats.kv_usage:.1%}"
+            f"{stats.num_waiting} · {stats.tokens_per_second:,.0f} tok/s · "
+            f"KV {stats.kv_usage:.1%}"
         )

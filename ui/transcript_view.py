@@ -36,7 +36,8 @@ class TranscriptView(QTextBrowser):
         """The Markdown source of what is shown."""
         return transcript_markdown(self._messages, self._streaming)
 
-    def set_messages(self, messages: list[ChatMessage], streaming: ChatMessage | None = None) -> None:
+    def set_messages(self, messages: list[ChatMessage],
+                     streaming: ChatMessage | None = None) -> None:  # fmt: skip
         """Show these messages: appended at the end when they only add to what is shown
         (a sent message, a finished reply), else rendered again from the top."""
         old, self._messages = self._messages, list(messages)
