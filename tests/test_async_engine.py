@@ -175,3 +175,21 @@ def test_shutdown_frees_the_model(model_dir):
     gc.collect()
     assert model_ref() is None
     assert not engine.is_running
+
+
+def test_abort_of_the_only_request_ends_its_stream(model_dir):
+    engine = AsyncEngine(config(model_dir))
+
+    async def main():
+        outs = []
+        async for out in engine.generate(PROMPTS[2], greedy(500), request_id="only"):
+            outs.append(out)
+            if len(outs) == 3:
+                engine.abort("only")
+        return outs
+
+    outs = asyncio.run(asyncio.wait_for(main(), 30))
+    assert outs[-1].finished and outs[-1].outputs[0].finish_reason == "abort"
+    assert len(outs[-1].outputs[0].token_ids) < 500
+    assert engine.engine.kv_manager.usage == 0
+    engine.shutdown()

@@ -10,7 +10,22 @@ From the command line: `pagedesk serve` (see engine/server/cli.py).
 
 from __future__ import annotations
 
-from engine.server.api import create_app
-from engine.server.handle import ServerHandle, start_server
+import importlib
+from typing import Any
 
-__all__ = ["ServerHandle", "create_app", "start_server"]
+# Imported on first use: `pagedesk` parses its command line through this package, and the
+# window must not wait for torch and FastAPI to import before it shows.
+_EXPORTS = {
+    "create_app": "engine.server.api",
+    "ServerHandle": "engine.server.handle",
+    "start_server": "engine.server.handle",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine.server' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
