@@ -54,8 +54,8 @@ import torch  # noqa: E402
 from benchmarks.workload import BenchRequest, make_workload, total_output_tokens  # noqa: E402
 
 # The static baseline should be transformers at its best. On the 2-core CPU (32 requests,
-# SmolLM2, fp32) batch 8 beat 16: 12.1 vs 10.8 tok/s, as bigger batches pad more and two
-# cores are already busy at 8. On a GPU a 1B model is memory-bound far beyond 64 rows, so
+# SmolLM2, fp32, a busy machine) batch 8 beat 16: 12.1 vs 10.8 tok/s; bigger batches pad
+# more, and two cores are already busy at 8. On a GPU a 1B model is memory-bound far beyond 64 rows, so
 # bigger batches pay; one size keeps `--gpu` inside benchmarks/gpu_check.sh's time limit
 # (try `--hf-batch-size 32,64,128` when there is time).
 DEFAULT_HF_BATCH_SIZE_CPU = "8"
