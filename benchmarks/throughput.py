@@ -18,9 +18,9 @@ output tokens/s and the ratio to the static baseline; pagedesk's greedy tokens a
 with transformers' (reported, never fatal). With --gpu the model has random weights and runs
 in bf16: its logits are nearly flat, so greedy parity there says little.
 
-    .venv/bin/python benchmarks/throughput.py                  # SmolLM2-135M, fp32, CPU, 32 requests
-    .venv/bin/python benchmarks/throughput.py --quick          # 8 requests: a smoke test
-    .venv/bin/python benchmarks/throughput.py --gpu            # random Llama-3.2-1B shape, bf16, CUDA
+    .venv/bin/python benchmarks/throughput.py          # SmolLM2-135M, fp32, CPU, 32 requests
+    .venv/bin/python benchmarks/throughput.py --quick  # 8 requests: a smoke test
+    .venv/bin/python benchmarks/throughput.py --gpu    # random Llama-3.2-1B shape, bf16, CUDA
     .venv/bin/python benchmarks/throughput.py --json out.json --hf-batch-size 8,16 --repeat 2
 """
 
@@ -55,8 +55,8 @@ from benchmarks.workload import BenchRequest, make_workload, total_output_tokens
 
 # The static baseline should be transformers at its best. On the 2-core CPU (32 requests,
 # SmolLM2, fp32, a busy machine) batch 8 beat 16: 12.1 vs 10.8 tok/s; bigger batches pad
-# more, and two cores are already busy at 8. On a GPU a 1B model is memory-bound far beyond 64 rows, so
-# bigger batches pay; one size keeps `--gpu` inside benchmarks/gpu_check.sh's time limit
+# more, and two cores are already busy at 8. On a GPU a 1B model is memory-bound far beyond
+# 64 rows, so bigger batches pay; one size keeps `--gpu` inside benchmarks/gpu_check.sh's time limit
 # (try `--hf-batch-size 32,64,128` when there is time).
 DEFAULT_HF_BATCH_SIZE_CPU = "8"
 DEFAULT_HF_BATCH_SIZE_GPU = "64"
@@ -151,7 +151,8 @@ def special_token_ids(tokenizer: Any) -> set[int]:
 def warmup_requests(vocab_size: int, special: set[int]) -> list[BenchRequest]:
     """Two tiny requests with their own seed: they share no prefix with the workload, so the
     warm-up cannot pre-fill pagedesk's prefix cache for the timed run."""
-    return make_workload(2, vocab_size, special, seed=12345, prompt_lens=(8, 24), output_lens=(4, 8))
+    return make_workload(2, vocab_size, special, seed=12345, prompt_lens=(8, 24),
+                         output_lens=(4, 8))
 
 
 # ---------------------------------------------------------------------------- the model
@@ -446,7 +447,8 @@ def pagedesk_step_notes(stats: list[Any]) -> dict[str, Any]:
         "decode_steps_s": round(sum(s.step_seconds for s in decode), 1),
     }
     if decode:
-        notes["median_decode_step_ms"] = round(1000 * statistics.median(s.step_seconds for s in decode), 1)
+        median = statistics.median(s.step_seconds for s in decode)
+        notes["median_decode_step_ms"] = round(1000 * median, 1)
     return notes
 
 
@@ -455,9 +457,11 @@ def check_lengths(result: Result, requests: list[BenchRequest]) -> None:
     """Every request must yield exactly max_tokens: otherwise the tok/s are not comparable."""
     if result.token_ids is None:
         return
-    wrong = [i for i, (t, r) in enumerate(zip(result.token_ids, requests)) if len(t) != r.max_tokens]
+    pairs = enumerate(zip(result.token_ids, requests))
+    wrong = [i for i, (t, r) in pairs if len(t) != r.max_tokens]
     if wrong:
-        print(f"WARNING: {result.backend}: {len(wrong)} requests with a wrong output length: {wrong[:8]}")
+        print(f"WARNING: {result.backend}: {len(wrong)} requests with a wrong output length: "
+              f"{wrong[:8]}")
     result.notes["wrong_lengths"] = len(wrong)
 
 
@@ -529,7 +533,8 @@ def write_json(path: Path, args: argparse.Namespace, setup: Setup, requests: lis
 # ---------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="a Hugging Face model folder (default: the bundled SmolLM2-135M)")
+    p.add_argument("--model", help="a Hugging Face model folder (default: the bundled "
+                   "SmolLM2-135M)")
     p.add_argument("--gpu", action="store_true", help="CUDA, bf16, random Llama-3.2-1B shape")
     p.add_argument("--num-requests", type=int, help="default 32 (CPU), 256 (--gpu)")
     p.add_argument("--quick", action="store_true", help="8 requests: a smoke test")
@@ -595,7 +600,9 @@ def best_of(results: list[Result]) -> Result:
     return min(ok, key=lambda r: r.seconds) if ok else results[-1]
 
 
-def make_requests(setup: Setup, args: argparse.Namespace) -> tuple[list[BenchRequest], list[BenchRequest]]:
+def make_requests(
+    setup: Setup, args: argparse.Namespace
+) -> tuple[list[BenchRequest], list[BenchRequest]]:
     """(the timed workload, the warm-up requests) for this model's vocabulary."""
     from transformers import AutoTokenizer
 
