@@ -44,17 +44,26 @@ def _attend_prefill(
 ) -> torch.Tensor:
     """q: [q_len, h, d]; k, v: [ctx, kvh, d] with the q tokens as the last q_len positions."""
     q_len, ctx = q.shape[0], k.shape[0]
-    # Query i sits at position ctx - q_len + i and sees keys 0..that position.
-    q_pos = torch.arange(ctx - q_len, ctx, device=q.device)
-    k_pos = torch.arange(ctx, device=q.device)
-    mask = k_pos[None, :] <= q_pos[:, None]
+    group = q.shape[1] // k.shape[1]
+    # On a CPU, SDPA's GQA path and an explicit mask are each several times slower than
+    # repeating K/V per query head and letting SDPA build the causal mask itself.
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    if q_len == ctx:
+        mask, causal = None, True
+    else:
+        # A later chunk: query i sits at position ctx - q_len + i and sees keys 0..that
+        # position (is_causal would align the diagonal to the top-left instead).
+        q_pos = torch.arange(ctx - q_len, ctx, device=q.device)
+        mask, causal = torch.arange(ctx, device=q.device)[None, :] <= q_pos[:, None], False
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).float(),
         k.transpose(0, 1).float(),
         v.transpose(0, 1).float(),
         attn_mask=mask,
+        is_causal=causal,
         scale=scale,
-        enable_gqa=True,
     )
     return out.transpose(0, 1)
 
@@ -110,6 +119,9 @@ def unified_attention_torch(
     lens = seq_lens.tolist()
     q_lens = [cu[i + 1] - cu[i] for i in range(len(lens))]
     decode_ids = [i for i, n in enumerate(q_lens) if n == 1]
+    if len(decode_ids) == len(q_lens):  # all decodes: no gather of rows, no scatter back
+        out.copy_(_attend_decodes(q, k_cache, v_cache, seq_lens, block_tables, scale))
+        return out
     if decode_ids:
         idx = torch.tensor(decode_ids, device=q.device)
         rows = torch.tensor([cu[i] for i in decode_ids], device=q.device)
