@@ -30,14 +30,21 @@ class KVSnapshot:
     block_tables: Mapping[str, tuple[int, ...]]
     request_token_ids: Mapping[str, tuple[int, ...]]  # each request's computed tokens
     events: tuple[KVEvent, ...] = field(default=())
+    # Per request (the scheduler's ids, as in block_tables):
+    request_parents: Mapping[str, str] = field(default_factory=dict)  # -> the caller's id
+    request_max_tokens: Mapping[str, int] = field(default_factory=dict)  # most it may reach
+    # The engine around the cache:
+    step: int = -1  # the last step taken when the picture was made
+    kv_bytes_per_token: int = 0  # layers x KV heads x head size x 2 (K and V) x dtype bytes
+    max_model_len: int = 0
+    prefix_queries: int = 0  # prompt tokens looked up in the prefix cache so far
+    prefix_hits: int = 0  # of which were found
 
     def __post_init__(self) -> None:
         for arr in (self.states, self.ref_counts, self.num_filled):
             arr.setflags(write=False)
-        object.__setattr__(self, "block_tables", MappingProxyType(dict(self.block_tables)))
-        object.__setattr__(
-            self, "request_token_ids", MappingProxyType(dict(self.request_token_ids))
-        )
+        for name in ("block_tables", "request_token_ids", "request_parents", "request_max_tokens"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     def state(self, block_id: int) -> BlockState:
         return BlockState(int(self.states[block_id]))
@@ -52,6 +59,15 @@ class KVSnapshot:
             for b in table:
                 result.setdefault(b, []).append(rid)
         return {b: tuple(r) for b, r in result.items()}
+
+    def parent_of(self, request_id: str) -> str:
+        """The caller's request id (a session's message) behind a scheduler request id."""
+        return self.request_parents.get(request_id, request_id)
+
+    def short_hash(self, block_id: int) -> str:
+        """The block's prefix-cache hash as 8 hex digits ("" when it holds none)."""
+        h = self.hashes[block_id]
+        return "" if h is None else f"{h & 0xFFFFFFFF:08x}"
 
     def block_tokens(self, block_id: int) -> tuple[int, ...]:
         """The token ids whose K/V the block holds (for the GUI's tooltip)."""

@@ -1,0 +1,83 @@
+"""The numbers beside the KV grid, each computed from a snapshot alone by one small pure
+function, so that what the learner reads can be checked against an independent count.
+
+The paged-vs-contiguous figure is the PagedAttention paper's argument, measured live: a
+contiguous allocator must reserve each request's maximum length up front (prompt +
+max_tokens, or the whole context), while paging holds only the blocks in use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.kv_snapshot import KVSnapshot
+
+
+def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
+    """K and V of one token in every layer."""
+    return num_layers * num_kv_heads * head_dim * 2 * dtype_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlockCounts:
+    used: int
+    cached: int  # cached-free: reusable prefixes
+    free: int
+    used_tokens: int  # computed tokens held in used blocks (each shared block once)
+    capacity_tokens: int
+
+
+def block_counts(snap: KVSnapshot) -> BlockCounts:
+    from engine.kv_snapshot import BlockState
+
+    used = snap.states == BlockState.IN_USE
+    return BlockCounts(
+        used=int(used.sum()),
+        cached=snap.num_cached_free,
+        free=snap.num_free,
+        used_tokens=int(snap.num_filled[used].sum()),
+        capacity_tokens=snap.num_blocks * snap.block_size,
+    )
+
+
+def internal_waste_tokens(snap: KVSnapshot) -> int:
+    """Σ over requests of (blocks × block size − tokens held): the empty slots at the ends
+    of partly filled last blocks, the only waste paging leaves."""
+    return sum(
+        len(table) * snap.block_size - len(snap.request_token_ids.get(rid, ()))
+        for rid, table in snap.block_tables.items()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PagedVsContiguous:
+    paged_bytes: int  # blocks in use × block size × bytes per token
+    contiguous_bytes: int  # Σ over requests of max length × bytes per token
+    num_requests: int
+
+    @property
+    def ratio(self) -> float:
+        """How many times more sequences fit in the same memory when paged."""
+        return self.contiguous_bytes / self.paged_bytes if self.paged_bytes else 1.0
+
+    def describe(self) -> str:
+        mib = 2**20
+        return (f"paged: {self.paged_bytes / mib:.1f} MiB, contiguous: "
+                f"{self.contiguous_bytes / mib:.1f} MiB, {self.ratio:.1f}× more sequences fit")  # fmt: skip
+
+
+def paged_vs_contiguous(snap: KVSnapshot) -> PagedVsContiguous:
+    from engine.kv_snapshot import BlockState
+
+    per_token = snap.kv_bytes_per_token
+    in_use = int((snap.states == BlockState.IN_USE).sum())
+    reserved = sum(
+        snap.request_max_tokens.get(rid, snap.max_model_len) for rid in snap.block_tables
+    )
+    return PagedVsContiguous(in_use * snap.block_size * per_token, reserved * per_token,
+                             len(snap.block_tables))  # fmt: skip
+
+
+def prefix_hit_rate(snap: KVSnapshot) -> float:
+    """Share of looked-up prompt tokens found in the prefix cache since the start."""
+    return snap.prefix_hits / snap.prefix_queries if snap.prefix_queries else 0.0
