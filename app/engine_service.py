@@ -47,7 +47,8 @@ class EngineService(QObject):
     loadingStarted = Signal(str)  # what is being loaded
     loaded = Signal(object)  # EngineInfo
     loadFailed = Signal(str)
-    statsUpdated = Signal(object, object)  # StepStats, KVSnapshot (emitted in the engine thread)
+    # list[StepStats] since the last emit, KVSnapshot or None (emitted in the engine thread)
+    statsUpdated = Signal(object, object)
 
     def __init__(self, config_fields: dict[str, Any], parent: QObject | None = None):
         super().__init__(parent)
@@ -103,9 +104,9 @@ class EngineService(QObject):
         self.loaded.emit(info)
         self._ready.set_result(engine)
 
-    def _forward_stats(self, stats, snapshot) -> None:
-        """Engine thread: hand the numbers to Qt (queued to the receivers' thread)."""
-        self.statsUpdated.emit(stats, snapshot)
+    def _forward_stats(self, records, snapshot) -> None:
+        """Engine thread: hand the records to Qt (queued to the receivers' thread)."""
+        self.statsUpdated.emit(records, snapshot)
 
     def shutdown(self) -> None:
         """Stop the engine and free the model (waits for at most the current step)."""

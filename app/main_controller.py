@@ -134,9 +134,9 @@ class AppController(QObject):
         self.window.status.show_ready(info.model_name, info.device, info.attention_backend,
                                       info.kv_tokens, info.max_model_len)  # fmt: skip
 
-    def _stats(self, stats, _snapshot) -> None:
-        if not self.closed:
-            self.window.status.show_stats(stats)
+    def _stats(self, records, _snapshot) -> None:
+        if not self.closed and records:
+            self.window.status.show_stats(records[-1])
 
     # ---------------------------------------------------------------- settings
     def show_settings(self) -> SettingsDialog:

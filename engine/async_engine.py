@@ -14,6 +14,7 @@ and every waiting stream raises EngineDeadError instead of hanging.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import itertools
 import logging
@@ -36,7 +37,9 @@ from engine.stats import StepStats
 log = logging.getLogger(__name__)
 
 Prompt = str | list[int] | list[dict[str, Any]]
-StatsListener = Callable[[StepStats, KVSnapshot], None]
+# listener(records, snapshot): every step record since the last call, in order, and a KV
+# snapshot when one was asked for (request_snapshot), else None.
+StatsListener = Callable[[list[StepStats], KVSnapshot | None], None]
 
 
 class EngineDeadError(RuntimeError):
@@ -54,6 +57,14 @@ class _Add:
 @dataclass(slots=True)
 class _Abort:
     request_id: str
+
+
+@dataclass(slots=True)
+class _Call:
+    """Run fn(engine) on the engine thread, between steps (the cache is not thread-safe)."""
+
+    fn: Callable[[LLMEngine], Any]
+    future: concurrent.futures.Future
 
 
 class _Stream:
@@ -83,12 +94,20 @@ class AsyncEngine:
         the caller's thread: construct it in a worker thread if the caller must not block."""
         self.engine = engine or LLMEngine(config)
         self.stats_interval = stats_interval  # at most 1 / interval stats events per second
-        self._commands: queue.SimpleQueue[_Add | _Abort] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Add | _Abort | _Call] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = False
         self._streams: dict[str, _Stream] = {}
         self._listeners: list[StatsListener] = []
         self._last_stats_sent = 0.0
+        self._pending_records: list[StepStats] = []  # not yet handed to the listeners
+        self._snapshot_wanted = False
+        self._snapshot_version: tuple[int, int] | None = None  # what the last one showed
+        # Learner controls: paused, single steps asked for, a delay between steps.
+        self._paused = False
+        self._between_steps = threading.Event()  # set while the thread is not in a step
+        self._step_requests: queue.SimpleQueue[concurrent.futures.Future] = queue.SimpleQueue()
+        self.step_delay = 0.0
         self._ids = itertools.count()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="pagedesk-engine", daemon=True)
@@ -114,6 +133,62 @@ class AsyncEngine:
     @property
     def is_dead(self) -> bool:
         return self.error is not None
+
+    @property
+    def is_paused(self) -> bool:
+        return self._paused
+
+    # ---------------------------------------------------------------- learner controls
+    def pause(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Stop stepping after the current step; requests wait (and new ones queue up).
+        wait=True returns only once the thread is between steps: no token comes after it."""
+        self._paused = True
+        self._between_steps.clear()
+        self._wake.set()
+        if wait and self._thread.is_alive():
+            self._between_steps.wait(timeout)
+
+    def resume(self) -> None:
+        """Go on stepping; nothing queued while paused is lost."""
+        self._paused = False
+        self._wake.set()
+
+    def step_once_async(self) -> concurrent.futures.Future:
+        """Ask for exactly one scheduler step (paused or not). The future gives that step's
+        StepStats, or None when there was nothing to schedule."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._check_alive()
+        self._step_requests.put(future)
+        self._wake.set()
+        return future
+
+    def step_once(self, timeout: float | None = 60.0) -> StepStats | None:
+        """Exactly one scheduler step, returning its record (blocks until it ran)."""
+        return self.step_once_async().result(timeout)
+
+    def set_step_delay(self, seconds: float) -> None:
+        """Slow motion: sleep this long after every step (0 = full speed)."""
+        if seconds < 0:
+            raise ValueError(f"step delay must be >= 0, got {seconds}")
+        self.step_delay = float(seconds)
+        self._wake.set()
+
+    def request_snapshot(self) -> None:
+        """Ask for one KV snapshot: the listeners get it with the next records (or at once
+        when idle or paused). Nothing builds a snapshot that nobody asked for."""
+        self._snapshot_wanted = True
+        self._wake.set()
+
+    def call_in_engine(self, fn: Callable[[LLMEngine], Any]) -> concurrent.futures.Future:
+        """Run fn(llm_engine) on the engine thread between steps; the future has its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._check_alive()
+        self._send(_Call(fn, future))
+        return future
+
+    def reset_prefix_cache(self) -> concurrent.futures.Future:
+        """Forget every cached-free prefix block; the future gives how many were cleared."""
+        return self.call_in_engine(lambda engine: engine.reset_prefix_cache())
 
     # ---------------------------------------------------------------- requests
     def tokenize_prompt(self, prompt: Prompt) -> str | list[int]:
@@ -171,12 +246,14 @@ class AsyncEngine:
             self._send(_Abort(request_id))
 
     def add_stats_listener(self, listener: StatsListener) -> None:
-        """Call `listener(stats, snapshot)` from the engine thread after steps, at most
-        once per `stats_interval` (and once when the engine goes idle). It must be quick
-        and thread-safe (a Qt queued signal, a loop.call_soon_threadsafe)."""
+        """Call `listener(records, snapshot)` from the engine thread: every step's record
+        since the last call (none is lost to the rate limit), at most once per
+        `stats_interval` while stepping and at once when idle, paused or single-stepped;
+        `snapshot` is a KV snapshot if one was asked for, else None. It must be quick and
+        thread-safe (a Qt queued signal, a loop.call_soon_threadsafe)."""
         self._listeners.append(listener)
 
-    def _send(self, command: _Add | _Abort) -> None:
+    def _send(self, command: _Add | _Abort | _Call) -> None:
         self._commands.put(command)
         self._wake.set()
 
@@ -191,16 +268,15 @@ class AsyncEngine:
         try:
             while not self._stopping:
                 self._drain_commands()
-                if not self.engine.has_unfinished_requests():
-                    self._publish_stats(force=True)
-                    self._wake.wait()
-                    self._wake.clear()
+                single = self._next_step_request()
+                if single is None and (self._paused or not self.engine.has_unfinished_requests()):
+                    self._idle()
                     continue
-                for out in self.engine.step():
-                    stream = self._streams.get(out.request_id)
-                    if stream is not None:
-                        stream.put(out)
-                self._publish_stats()
+                record = self._step()
+                if single is not None:
+                    single.set_result(record)
+                self._publish(force=single is not None or self._paused)
+                self._slow_motion()
         except BaseException as exc:  # the engine itself failed: tell everyone
             log.exception("engine thread died")
             self.error = exc
@@ -208,6 +284,49 @@ class AsyncEngine:
             dead.__cause__ = exc
             for stream in list(self._streams.values()):
                 stream.put(dead)
+            self._fail_step_requests(dead)
+        finally:
+            self._between_steps.set()
+
+    def _idle(self) -> None:
+        """Nothing to do (or paused): hand over what is pending, sleep until woken."""
+        self._between_steps.set()
+        self._publish(force=True)
+        self._wake.wait()
+        self._wake.clear()
+
+    def _step(self) -> StepStats | None:
+        """One engine step; its record, or None if nothing could be scheduled."""
+        before = self.engine.num_steps
+        for out in self.engine.step():
+            stream = self._streams.get(out.request_id)
+            if stream is not None:
+                stream.put(out)
+        if self.engine.num_steps == before:
+            return None
+        record = self.engine.last_step_stats
+        self._pending_records.append(record)
+        return record
+
+    def _next_step_request(self) -> concurrent.futures.Future | None:
+        try:
+            return self._step_requests.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _fail_step_requests(self, error: BaseException) -> None:
+        while (future := self._next_step_request()) is not None:
+            future.set_exception(error)
+
+    def _slow_motion(self) -> None:
+        """Sleep step_delay after a step; a pause, resume or shutdown cuts it short."""
+        deadline = time.monotonic() + self.step_delay
+        while not self._stopping and not self._paused and self.step_delay > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(left)
+            self._wake.clear()
 
     def _drain_commands(self) -> None:
         while True:
@@ -217,26 +336,48 @@ class AsyncEngine:
                 return
             if isinstance(command, _Abort):
                 self.engine.abort_request(command.request_id)
-                continue
-            try:
-                self.engine.add_request(command.request_id, command.prompt, command.params)
-            except Exception as exc:  # a bad request fails alone
-                command.stream.put(exc)
+            elif isinstance(command, _Call):
+                self._run_call(command)
+            else:
+                self._add(command)
 
-    def _publish_stats(self, force: bool = False) -> None:
-        now = time.monotonic()
-        stats = self.engine.last_step_stats
-        if not self._listeners or stats is None:
+    def _add(self, command: _Add) -> None:
+        try:
+            self.engine.add_request(command.request_id, command.prompt, command.params)
+        except Exception as exc:  # a bad request fails alone
+            command.stream.put(exc)
+
+    def _run_call(self, call: _Call) -> None:
+        try:
+            call.future.set_result(call.fn(self.engine))
+        except Exception as exc:
+            call.future.set_exception(exc)
+
+    def _publish(self, force: bool = False) -> None:
+        """Hand the pending records (and a snapshot, if asked for) to the listeners: at most
+        once per stats_interval unless forced."""
+        if not self._listeners:
+            self._pending_records.clear()
             return
+        now = time.monotonic()
         if not force and now - self._last_stats_sent < self.stats_interval:
             return
-        if force and self._last_stats_sent >= stats.finished_time:
-            return  # nothing new since the last event
+        # A wanted snapshot waits until the cache changed: an idle engine asked again and
+        # again (the GUI asks after each one it draws) must not answer with copies.
+        version = (self.engine.num_steps, self.engine.kv_manager.num_events)
+        snapshot_due = self._snapshot_wanted and version != self._snapshot_version
+        if not self._pending_records and not snapshot_due:
+            return
         self._last_stats_sent = now
-        snapshot = self.engine.kv_snapshot()
+        records, self._pending_records = self._pending_records, []
+        snapshot = None
+        if snapshot_due:
+            self._snapshot_wanted = False
+            self._snapshot_version = version
+            snapshot = self.engine.kv_snapshot()
         for listener in list(self._listeners):
             try:
-                listener(stats, snapshot)
+                listener(records, snapshot)
             except Exception:
                 log.exception("stats listener failed")
 
@@ -251,6 +392,7 @@ class AsyncEngine:
         closed = EngineDeadError("the engine has been shut down")
         for stream in list(self._streams.values()):
             stream.put(closed)
+        self._fail_step_requests(closed)
         device = self.engine.device
         self.engine.release()  # facts (tokenizer, model name) stay readable afterwards
         gc.collect()

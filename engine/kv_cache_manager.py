@@ -14,16 +14,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from engine import kv_events as ev
+from engine.block_hash import hash_block  # noqa: F401  (re-exported for tests and tools)
 from engine.kv_events import KVEvent
 from engine.kv_snapshot import BlockState, KVSnapshot
 from engine.request import Request
 
 EVENT_LOG_SIZE = 4096
-
-
-def hash_block(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
-    """Chained hash: the same prefix gives the same chain, whatever follows it."""
-    return hash((parent_hash, token_ids))
 
 
 class KVCacheManager:
@@ -47,8 +44,10 @@ class KVCacheManager:
         self.requests: dict[str, Request] = {}
         self.events: deque[KVEvent] = deque(maxlen=EVENT_LOG_SIZE)
         self._event_seq = itertools.count()
+        self._num_events = 0
         self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
         self.prefix_hits = 0  # of which were found
+        self.current_step = -1  # the engine's step number, stamped on each event
 
     # ---------------------------------------------------------------- queries
     @property
@@ -59,6 +58,11 @@ class KVCacheManager:
     def usage(self) -> float:
         """Share of blocks held by requests (cached-free blocks count as free)."""
         return 1.0 - self.num_free_blocks / self.num_blocks
+
+    @property
+    def num_events(self) -> int:
+        """Events logged so far: any change to the blocks logs one."""
+        return self._num_events
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -80,7 +84,7 @@ class KVCacheManager:
         parent: int | None = None
         for i in range(max_blocks):
             chunk = tuple(tokens[i * self.block_size : (i + 1) * self.block_size])
-            parent = hash_block(parent, chunk)
+            parent = request.block_hash(i, parent, chunk)
             block = self.hash_to_block.get(parent)
             if block is None or self.block_token_ids[block] != chunk:
                 break  # a miss, or a hash collision caught by comparing the tokens
@@ -110,7 +114,8 @@ class KVCacheManager:
         revived = sum(1 for b in cached_blocks if self.ref_counts[b] == 0)
         if num_new_blocks + revived > self.num_free_blocks:
             return False
-        if rid not in self.block_tables:
+        admitted = rid not in self.block_tables
+        if admitted:
             self.block_tables[rid] = table
             self.num_hashed[rid] = 0
             self.last_hash[rid] = None
@@ -122,7 +127,7 @@ class KVCacheManager:
             for b in new:
                 self.ref_counts[b] = 1
             table.extend(new)
-            self._log("allocate", rid, new)
+            self._log(ev.ALLOCATE if admitted else ev.APPEND, rid, new)
         return True
 
     def _take_cached(self, rid: str, table: list[int], blocks: Sequence[int]) -> None:
@@ -134,19 +139,22 @@ class KVCacheManager:
         table.extend(blocks)
         self.num_hashed[rid] = len(table)
         self.last_hash[rid] = self.block_hashes[blocks[-1]]
-        self._log("prefix_hit", rid, list(blocks))
+        self._log(ev.PREFIX_HIT, rid, list(blocks))
         if shared:
-            self._log("share", rid, shared)
+            self._log(ev.SHARE, rid, shared)
 
     def _pop_free_block(self) -> int:
         if self.empty_free:
             return self.empty_free.popleft()
         block, _ = self.cached_free.popitem(last=False)  # least recently used
-        self._log("evict", None, [block])
+        self._log(ev.BLOCK_REMOVED, None, [block])  # evicted: its prefix is forgotten
+        self._drop_hash(block)
+        return block
+
+    def _drop_hash(self, block: int) -> None:
         del self.hash_to_block[self.block_hashes[block]]
         self.block_hashes[block] = None
         self.block_token_ids[block] = None
-        return block
 
     # ---------------------------------------------------------------- after a step
     def cache_full_blocks(self, request: Request) -> None:
@@ -159,22 +167,28 @@ class KVCacheManager:
         end = min(request.num_computed_tokens // self.block_size, len(table))
         parent = self.last_hash[rid]
         tokens = request.all_token_ids
+        stored = []
         for i in range(start, end):
             chunk = tuple(tokens[i * self.block_size : (i + 1) * self.block_size])
-            parent = hash_block(parent, chunk)
+            parent = request.block_hash(i, parent, chunk)
             block = table[i]
             if parent not in self.hash_to_block:
                 self.hash_to_block[parent] = block
                 self.block_hashes[block] = parent
                 self.block_token_ids[block] = chunk
+                stored.append(block)
             # else: another block already holds this content (two identical prompts in
             # one step); this copy stays unhashed, and the chain goes on from `parent`.
         if end > start:
             self.num_hashed[rid] = end
             self.last_hash[rid] = parent
+        if stored:
+            self._log(ev.BLOCK_STORED, rid, stored)
 
-    def free(self, request: Request, reason: str = "free") -> None:
-        """Return a request's blocks, tail first, so its last blocks are evicted first."""
+    def free(self, request: Request, reason: str = "finish") -> None:
+        """Return a request's blocks, tail first, so its last blocks are evicted first.
+
+        reason: "finish" or "abort" (logged as a free event), or "preempt"."""
         rid = request.request_id
         table = self.block_tables.pop(rid, None)
         self.num_hashed.pop(rid, None)
@@ -189,22 +203,29 @@ class KVCacheManager:
                     self.cached_free[b] = None
                 else:
                     self.empty_free.append(b)
-        self._log(reason, rid, list(table))
+        if reason == ev.PREEMPT:
+            self._log(ev.PREEMPT, rid, list(table))
+        else:
+            self._log(ev.FREE, rid, list(table), detail=reason)
 
-    def reset_prefix_cache(self) -> None:
-        """Forget every cached-free block (in-use blocks keep their hashes)."""
-        for b in list(self.cached_free):
-            del self.hash_to_block[self.block_hashes[b]]
-            self.block_hashes[b] = None
-            self.block_token_ids[b] = None
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached-free block (in-use blocks keep their hashes, so requests
+        running now still share their prefixes). Returns how many blocks were cleared."""
+        cleared = list(self.cached_free)
+        for b in cleared:
+            self._drop_hash(b)
             self.empty_free.append(b)
         self.cached_free.clear()
+        self._log(ev.ALL_BLOCKS_CLEARED, None, cleared)
+        return len(cleared)
 
     # ---------------------------------------------------------------- the picture
-    def _log(self, kind: str, request_id: str | None, blocks: list[int]) -> None:
-        self.events.append(KVEvent(next(self._event_seq), kind, request_id, tuple(blocks)))
+    def _log(self, kind: str, request_id: str | None, blocks: list[int], detail: str = "") -> None:
+        self._num_events += 1
+        self.events.append(KVEvent(next(self._event_seq), kind, request_id, tuple(blocks),
+                                   self.current_step, detail))  # fmt: skip
 
-    def snapshot(self) -> KVSnapshot:
+    def snapshot(self, kv_bytes_per_token: int = 0, max_model_len: int = 0) -> KVSnapshot:
         """An immutable picture of every block and every block table (cheap: flat copies)."""
         states = np.full(self.num_blocks, BlockState.FREE, dtype=np.int8)
         states[self.ref_counts > 0] = BlockState.IN_USE
@@ -214,11 +235,15 @@ class KVCacheManager:
         fill[states == BlockState.CACHED_FREE] = self.block_size
         tables: dict[str, tuple[int, ...]] = {}
         tokens: dict[str, tuple[int, ...]] = {}
+        parents: dict[str, str] = {}
+        most: dict[str, int] = {}
         for rid, table in self.block_tables.items():
             request = self.requests[rid]
             computed = request.num_computed_tokens
             tables[rid] = tuple(table)
             tokens[rid] = tuple(request.all_token_ids[:computed])
+            parents[rid] = request.parent_id
+            most[rid] = request.max_length
             for i, b in enumerate(table):
                 filled = min(self.block_size, max(0, computed - i * self.block_size))
                 fill[b] = max(fill[b], filled)
@@ -233,4 +258,11 @@ class KVCacheManager:
             block_tables=tables,
             request_token_ids=tokens,
             events=tuple(self.events),
+            request_parents=parents,
+            request_max_tokens=most,
+            step=self.current_step,
+            kv_bytes_per_token=kv_bytes_per_token,
+            max_model_len=max_model_len,
+            prefix_queries=self.prefix_queries,
+            prefix_hits=self.prefix_hits,
         )

@@ -24,7 +24,7 @@ from engine.request import Request, RequestStatus
 from engine.sampler import Sampler, SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
-from engine.stats import StepStats
+from engine.stats import ScheduledEntry, StepKind, StepStats
 import kernels
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class LLMEngine:
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.stats_history: deque[StepStats] = deque(maxlen=STATS_HISTORY)
         self._step_count = 0
+        self._ended: list[str] = []  # requests finished or aborted since the last record
+        self._latencies: tuple[list[float], list[float]] = ([], [])  # this step's TTFT, ITL
         self._log_capacity()
 
     def _log_capacity(self) -> None:
@@ -159,6 +161,7 @@ class LLMEngine:
             for child in children:
                 if not child.is_finished:
                     self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
+                    self._ended.append(child.request_id)
             self._aborted.add(rid)
 
     def has_unfinished_requests(self) -> bool:
@@ -172,15 +175,17 @@ class LLMEngine:
         """Run one engine step; return an output for every request it advanced or ended."""
         reported = self._report_aborted()
         start = time.monotonic()
+        self.kv_manager.current_step = self._step_count
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return reported
+        batch = tuple(_entry(s) for s in sched.scheduled)  # before the counts move on
         tables = [list(self.kv_manager.block_table(s.request.request_id)) for s in sched.scheduled]
         logits = self.runner.execute(sched, tables)
         sampling = [s.request for s in sched.scheduled if s.samples]
         sampled = self.sampler(logits, sampling)
         touched = self._update(sched, sampling, sampled)
-        self._record_stats(sched, start)
+        self._record_stats(sched, batch, start)
         return reported + [self._group_output(pid) for pid in touched]
 
     def _report_aborted(self) -> list[RequestOutput]:
@@ -201,16 +206,26 @@ class LLMEngine:
             if request.logprobs is not None:
                 request.logprobs.append(sampled.logprobs[i])
                 request.cumulative_logprob += sampled.chosen_logprobs[i]
-            if request.first_token_time is None:
-                request.first_token_time = now
+            self._note_latency(request, now)
             delta = self.detokenizers[request.request_id].add_tokens([sampled.token_ids[i]])
             status = request.check_stop()
             if status is None and self._hit_stop_string(request, delta):
                 status = RequestStatus.FINISHED_STOPPED
             if status is not None:
                 self.scheduler.finish(request, status)
+                self._ended.append(request.request_id)
             touched[request.parent_id] = None
         return list(touched)
+
+    def _note_latency(self, request: Request, now: float) -> None:
+        """Time to first token, or the gap since the request's previous token."""
+        ttft, itl = self._latencies
+        if request.first_token_time is None:
+            request.first_token_time = now
+            ttft.append(now - request.arrival_time)
+        elif request.last_token_time is not None:
+            itl.append(now - request.last_token_time)
+        request.last_token_time = now
 
     def _hit_stop_string(self, request: Request, delta: str) -> bool:
         params = request.sampling_params
@@ -271,12 +286,12 @@ class LLMEngine:
             logprobs=list(request.logprobs) if request.logprobs is not None else None,
         )
 
-    def _record_stats(self, sched: SchedulerOutput, start: float) -> None:
+    def _record_stats(self, sched: SchedulerOutput, batch: tuple[ScheduledEntry, ...],
+                      start: float) -> None:  # fmt: skip
         end = time.monotonic()
-        decode = sum(
-            s.num_new_tokens for s in sched.scheduled
-            if s.num_new_tokens == 1 and s.request.num_output_tokens > 1 and s.samples
-        )
+        decode = sum(e.num_new_tokens for e in batch if e.kind is StepKind.DECODE)
+        (ttft, itl), self._latencies = self._latencies, ([], [])
+        ended, self._ended = self._ended, []
         self.stats_history.append(
             StepStats(
                 step=self._step_count,
@@ -291,6 +306,12 @@ class LLMEngine:
                 kv_usage=self.kv_manager.usage,
                 finished_time=end,
                 attention_backend=self.attention_backend,
+                scheduled=batch,
+                preempted=tuple(r.request_id for r in sched.preempted),
+                finished=tuple(ended),
+                waiting=tuple(r.request_id for r in self.scheduler.waiting),
+                time_to_first_token=tuple(ttft),
+                inter_token_latency=tuple(itl),
             )
         )
         self._step_count += 1
@@ -309,8 +330,35 @@ class LLMEngine:
     def last_step_stats(self) -> StepStats | None:
         return self.stats_history[-1] if self.stats_history else None
 
+    @property
+    def num_steps(self) -> int:
+        return self._step_count
+
     def kv_snapshot(self) -> KVSnapshot:
-        return self.kv_manager.snapshot()
+        return self.kv_manager.snapshot(self.runner.shape.bytes_per_token, self.max_model_len)
+
+    def reset_prefix_cache(self) -> int:
+        """Forget the cached prefixes of finished requests; returns the blocks cleared."""
+        return self.kv_manager.reset_prefix_cache()
+
+
+def _entry(item) -> ScheduledEntry:
+    request = item.request
+    return ScheduledEntry(request.request_id, request.parent_id, item.num_new_tokens,
+                          step_kind(item), request.num_computed_tokens, item.samples)  # fmt: skip
+
+
+def step_kind(item) -> StepKind:
+    """What a scheduled request computes in this step (read before the step runs)."""
+    request = item.request
+    gap = request.num_tokens - request.num_computed_tokens
+    if request.num_output_tokens > 0 and gap == 1 and not item.admitted:
+        return StepKind.DECODE
+    if request.num_preemptions > 0:
+        return StepKind.RECOMPUTE
+    if item.admitted and item.samples:
+        return StepKind.PREFILL
+    return StepKind.CHUNKED_PREFILL
 
 
 def _earliest(times) -> float | None:

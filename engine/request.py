@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.block_hash import hash_block
 from engine.sampling_params import SamplingParams
 
 
@@ -53,10 +54,14 @@ class Request:
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    last_token_time: float | None = None
     finished_time: float | None = None
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
+        # Chained hashes of the full blocks seen so far: tokens are only ever appended, so
+        # block i's hash never changes, and a retried admission need not hash it again.
+        self.block_hashes: list[int] = []
         if self.parent_id is None:
             self.parent_id = self.request_id
         if self.sampling_params.logprobs is not None:
@@ -74,6 +79,23 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
+
+    @property
+    def max_length(self) -> int:
+        """The most tokens it may reach: what a contiguous allocator would reserve for it."""
+        max_tokens = self.sampling_params.max_tokens
+        if max_tokens is None:
+            return self.max_total_tokens
+        return min(self.num_prompt_tokens + max_tokens, self.max_total_tokens)
+
+    def block_hash(self, index: int, parent: int | None, token_ids: tuple[int, ...]) -> int:
+        """The prefix-cache hash of full block `index` (cached after the first time)."""
+        if index < len(self.block_hashes):
+            return self.block_hashes[index]
+        value = hash_block(parent, token_ids)
+        if index == len(self.block_hashes):
+            self.block_hashes.append(value)
+        return value
 
     @property
     def is_finished(self) -> bool:

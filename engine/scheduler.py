@@ -20,6 +20,7 @@ from engine.request import Request, RequestStatus
 class ScheduledRequest:
     request: Request
     num_new_tokens: int
+    admitted: bool = False  # taken from the waiting queue in this step
 
     @property
     def start(self) -> int:
@@ -135,6 +136,6 @@ class Scheduler:
                 request.first_scheduled_time = time.monotonic()
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-            out.scheduled.append(ScheduledRequest(request, n))
+            out.scheduled.append(ScheduledRequest(request, n, admitted=True))
             out.num_prefix_hit_tokens += num_cached
             budget -= n

@@ -36,6 +36,14 @@ def make_engine(default_loaded):
     return build
 
 
+@pytest.fixture(scope="session")
+def random_llama(tmp_path_factory) -> Path:
+    """A small random-weight Llama (2 layers, 4 heads of 32, 2 KV heads, byte tokenizer)."""
+    from model_factory import make_random_llama
+
+    return make_random_llama(tmp_path_factory.mktemp("random-llama") / "llama", num_heads=4,
+                             num_kv_heads=2, head_dim=32, num_layers=2)  # fmt: skip
+
 
 @pytest.fixture(scope="session", autouse=True)
 def pagedesk_cache_dir(tmp_path_factory):

@@ -70,7 +70,7 @@ def test_stop_aborts_frees_blocks_and_keeps_the_partial_reply(qloop, tiny_model,
     engine = window.controller.service.engine.engine
     run(qloop, until(lambda: engine.kv_manager.usage == 0, 10, "the blocks to be freed"))
     assert not engine.has_unfinished_requests()
-    assert any(e.kind == "abort" and e.request_id == request_id for e in engine.kv_manager.events)
+    assert any(e.kind == "free" and e.detail == "abort" and e.request_id == request_id for e in engine.kv_manager.events)
     reply = chat.store.messages(chat.session_id)[-1]
     assert reply.status == "stopped" and len(reply.content) > 20
     assert reply.stats["tokens"] < 3000

@@ -90,7 +90,7 @@ def test_cancelling_the_consumer_aborts_and_frees_blocks(model_dir):
 
     asyncio.run(main())
     assert engine.engine.kv_manager.usage == 0
-    assert any(e.kind == "abort" and e.request_id == "c" for e in engine.engine.kv_manager.events)
+    assert any(e.kind == "free" and e.detail == "abort" and e.request_id == "c" for e in engine.engine.kv_manager.events)
     engine.shutdown()
 
 
@@ -144,7 +144,12 @@ def test_an_engine_failure_reaches_every_consumer(model_dir):
 def test_idle_engine_sleeps_and_stats_are_rate_limited(model_dir):
     engine = AsyncEngine(config(model_dir), stats_interval=0.05)
     events = []
-    engine.add_stats_listener(lambda stats, snap: events.append((time.monotonic(), stats, snap)))
+    def listener(records, snap):
+        events.append((time.monotonic(), records, snap))
+        engine.request_snapshot()  # as the GUI does: the next picture once this one is drawn
+
+    engine.add_stats_listener(listener)
+    engine.request_snapshot()
 
     async def main():
         await asyncio.gather(*(collect(engine, p, greedy(30)) for p in PROMPTS[:4]))
@@ -156,6 +161,8 @@ def test_idle_engine_sleeps_and_stats_are_rate_limited(model_dir):
     assert events, "no stats reached the listener"
     assert len(events) <= elapsed / 0.05 + 2
     assert events[-1][2].num_in_use == 0  # the last picture is the idle cache
+    steps = [r.step for _, records, _ in events for r in records]
+    assert steps == list(range(engine.engine.num_steps))  # every step, in order, none lost
     cpu_before = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     time.sleep(1.0)
     cpu_idle = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu_before

@@ -112,7 +112,7 @@ def test_lru_eviction_takes_empty_blocks_before_cached_ones():
     t = make_request("c", [5, 6])
     assert kv.allocate_slots(t, 2)  # now one cached block must be evicted
     assert kv.snapshot().num_cached_free == 1
-    assert any(e.kind == "evict" for e in kv.events)
+    assert any(e.kind == "BlockRemoved" for e in kv.events)
     assert not kv.allocate_slots(make_request("d", [1, 1, 1, 1]), 4)  # only one left
 
 
