@@ -284,3 +284,21 @@ def test_numbers_equal_an_independent_count(random_llama):
     assert len(shared) == 4  # the 33-token system prompt's four full blocks, held by all three
     assert all(snap.state(b) is BlockState.IN_USE for b in shared)
     assert prefix_hit_rate(snap) == pytest.approx(snap.prefix_hits / snap.prefix_queries)
+
+
+def test_locate_tokens_finds_a_messages_blocks(random_llama):
+    from engine.kv_locate import locate_tokens
+
+    engine = LLMEngine(config(random_llama))
+    prompt = PROMPTS[3][:30]  # 3 full blocks of 8 and 6 tokens in a 4th
+    engine.add_request("a", prompt, SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True))
+    engine.step()
+    snap = engine.kv_snapshot()
+    table = snap.block_tables["a"]
+    assert locate_tokens(snap, prompt) == list(table)
+    assert locate_tokens(snap, prompt, 9, 20) == list(table[1:3])  # tokens 9..19: blocks 1, 2
+    assert locate_tokens(snap, prompt[:5] + [1] * 20) == [table[0]]  # only the first block
+    engine.abort_request("a")
+    engine.step()
+    snap = engine.kv_snapshot()  # finished: the full blocks are cached-free, found by hash
+    assert locate_tokens(snap, prompt) == list(table[:3])
