@@ -155,8 +155,8 @@ class KVNumbers(QFrame):
         for name, text in texts.items():
             if self.labels[name].text() != text:  # a relayout per frame would cost more
                 self.labels[name].setText(text)
-        self.step.setText(f"<b>{snap.num_blocks:,} blocks</b> of {bs} tokens"
-                          + (f" · step {snap.step:,}" if snap.step >= 0 else ""))  # fmt: skip
+        step = f"<br>after step {snap.step:,}" if snap.step >= 0 else ""
+        self.step.setText(f"<b>{snap.num_blocks:,} blocks</b> × {bs} tokens{step}")
         n = max(snap.num_blocks, 1)
         self.bar.shares = (counts.used / n, counts.cached / n)
         self.bar.update()
@@ -199,7 +199,8 @@ class KVCacheView(QWidget):
         left.addWidget(self.grid, 1)
         left.addWidget(self.legend)
         row.addLayout(left, 1)
-        self.numbers.setFixedWidth(250)
+        self.numbers.setMinimumWidth(230)
+        self.numbers.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Preferred)
         row.addWidget(self.numbers)
         column = QVBoxLayout(top)
         column.setContentsMargins(0, 0, 0, 0)

@@ -181,6 +181,8 @@ class KVEventLog(QWidget):
 
     # ------------------------------------------------------------ feeding
     def add_events(self, snap: KVSnapshot) -> None:
+        if snap.events and snap.events[-1].seq < self.last_seq:  # a new engine: seq from 0
+            self.clear()
         fresh = [e for e in snap.events if e.seq > self.last_seq]
         if not fresh:
             return
@@ -205,6 +207,7 @@ class KVEventLog(QWidget):
 
     def clear(self) -> None:
         self.model.clear()
+        self.last_seq = -1
 
     # ------------------------------------------------------------ filters
     def set_kind_filter(self, kind: str | None) -> None:

@@ -168,12 +168,17 @@ class GridGeometry:
     count: int  # blocks shown
     cols: int
     rows: int
-    cell: int  # screen pixels per cell (cells) or per heat pixel (heat map)
+    cell: int  # screen pixels per cell (cells) or per heat pixel (heat map), across
     gap: int
     per_cell: int  # blocks per cell: 1, or k in the heat map
+    cell_h: int = 0  # down, when it differs: heat pixels stretch to fill the height
+
+    @property
+    def height_px(self) -> int:
+        return self.cell_h or self.cell
 
     def size(self) -> QSize:
-        return QSize(self.cols * self.cell, self.rows * self.cell)
+        return QSize(self.cols * self.cell, self.rows * self.height_px)
 
 
 def choose_geometry(width: int, height: int, start: int, count: int) -> GridGeometry:
@@ -189,7 +194,10 @@ def choose_geometry(width: int, height: int, start: int, count: int) -> GridGeom
     k = math.ceil(count / capacity)
     bins = math.ceil(count / k)
     cols = max(min(width // HEAT_PX, bins), 1)
-    return GridGeometry("heatmap", start, count, cols, math.ceil(bins / cols), HEAT_PX, 0, k)
+    rows = math.ceil(bins / cols)
+    # k is a whole number, so the bins rarely fill the area: taller pixels use the rest.
+    cell_h = min(max(height // rows, HEAT_PX), 2 * HEAT_PX)
+    return GridGeometry("heatmap", start, count, cols, rows, HEAT_PX, 0, k, cell_h)
 
 
 # ---------------------------------------------------------------- rendering
@@ -358,6 +366,8 @@ class KVGrid(QWidget):
     def _take_flashes(self, snap: KVSnapshot) -> None:
         """Flash the blocks evicted or preempted since the previous snapshot (by seq)."""
         now = self.clock()
+        if snap.events and snap.events[-1].seq < self._last_seq:
+            self._last_seq = -1  # a new engine counts from 0 again
         for event in reversed(snap.events):
             if event.seq <= self._last_seq:
                 break
@@ -409,7 +419,7 @@ class KVGrid(QWidget):
         geo = self.geometry_now()
         if self.snap is None or pos.x() < 0 or pos.y() < 0:
             return None
-        col, row = pos.x() // geo.cell, pos.y() // geo.cell
+        col, row = pos.x() // geo.cell, pos.y() // geo.height_px
         index = row * geo.cols + col
         if col >= geo.cols or index * geo.per_cell >= geo.count:
             return None
@@ -422,8 +432,8 @@ class KVGrid(QWidget):
         if not 0 <= block_id - geo.start < geo.count:
             return None
         row, col = divmod(index, geo.cols)
-        inner = geo.cell - geo.gap
-        return QRect(col * geo.cell, row * geo.cell, inner, inner)
+        h = geo.height_px
+        return QRect(col * geo.cell, row * h, geo.cell - geo.gap, h - geo.gap)
 
     def render_array(self) -> np.ndarray:
         """The RGBA image the grid paints now (built if out of date)."""
@@ -439,6 +449,16 @@ class KVGrid(QWidget):
     def zoom_out(self, focus: int | None = None) -> None:
         start, count = self.visible_range()
         self._zoom_to(start, count, min(count * 2, self.cell_count()), focus)
+
+    def pan(self, blocks: int) -> None:
+        """Move a zoomed view along the cache (Shift + wheel)."""
+        if self._range is None:
+            return
+        start, count = self._range
+        start = min(max(start + blocks, 0), self.cell_count() - count)
+        self._range = (start, count)
+        self._invalidate()
+        self.viewChanged.emit()
 
     def reset_zoom(self) -> None:
         self._range = None
@@ -558,7 +578,11 @@ class KVGrid(QWidget):
 
     def wheelEvent(self, event: QWheelEvent) -> None:
         focus = self.block_at(event.position().toPoint())
-        if event.angleDelta().y() > 0:
+        delta = event.angleDelta()
+        if event.modifiers() & Qt.KeyboardModifier.ShiftModifier or delta.x():
+            quarter = self.visible_range()[1] // 4
+            self.pan(-quarter if (delta.y() or delta.x()) > 0 else quarter)
+        elif event.angleDelta().y() > 0:
             self.zoom_in(focus)
         elif event.angleDelta().y() < 0:
             self.zoom_out(focus)
