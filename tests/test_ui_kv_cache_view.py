@@ -348,3 +348,27 @@ def test_dark_palette_keeps_states_apart(view, cache):
     cached = view.grid.cell_color(int(np.flatnonzero(snap.states == 2)[0]))
     assert free != light_free and free.lightness() < 128
     assert len({rgb(free), rgb(cached), rgb(OWNERS["A"].color)}) == 3
+
+
+def test_set_snapshot_only_stores_and_an_owner_known_later_gets_its_colour(view, cache):
+    kv, _ = cache
+    known: dict[str, RequestOwner] = {}
+    view.set_owner_resolver(lambda parent: known.get(parent))
+    view.set_snapshot(kv.snapshot())
+    assert view.grid._layers is None  # no per-block work until the next paint
+    block = kv.block_table("B-1")[0]
+    fallback = view.grid.cell_color(block)
+    known["B-1"] = OWNERS["B"]  # the app registers the request after its first snapshot
+    show(view, kv.snapshot())
+    assert view.grid.cell_color(block) == OWNERS["B"].color != fallback
+
+
+def test_block_table_cell_click_highlights_that_block(view, cache, qtbot):
+    kv, _ = cache
+    show(view, kv.snapshot())
+    view.select_request("A-2")
+    table = view.block_table
+    assert table.table() == tuple(kv.block_table("A-2"))
+    assert "logical 2 → physical" in table.tooltip_for(2)
+    qtbot.mouseClick(table, Qt.MouseButton.LeftButton, pos=table.cell_rect(2).center())
+    assert view.grid.highlighted() == {kv.block_table("A-2")[2]}

@@ -174,8 +174,13 @@ class KVEventLog(QWidget):
         table.setShowGrid(False)
         table.setAlternatingRowColors(True)
         header = table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # Fixed widths: ResizeToContents would measure every row on every insert.
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
+        fm = table.fontMetrics()
+        for col, sample in enumerate(("0000000", "000000", "AllBlocksCleared", "Chat about rust",
+                                      "session12-message34")):  # fmt: skip
+            table.setColumnWidth(col, fm.horizontalAdvance(sample) + 16)
         table.clicked.connect(self._activate)
         return table
 

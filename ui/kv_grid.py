@@ -33,6 +33,7 @@ HEAT_PX = 2  # screen pixels per heat-map pixel
 NUMBER_CELL = 15  # from this size a shared block shows its ref count
 FLASH_S = 0.5
 MIN_ZOOM_BLOCKS = 64
+CACHE_LIMIT = 20_000  # resolved owners kept (one per caller's request id)
 RGB = tuple[int, int, int]
 
 # Owners the resolver does not know get a stable colour from their id (Tableau 10).
@@ -89,13 +90,20 @@ class OwnerColors:
     def rgb(self, parent_id: str) -> RGB:
         rgb = self._rgb.get(parent_id)
         if rgb is None:
-            rgb = self._rgb[parent_id] = _rgb(self.color(parent_id))
+            rgb = _rgb(self.color(parent_id))
+            if parent_id in self._cache:  # only known owners: a fallback may change
+                self._rgb[parent_id] = rgb
         return rgb
 
     def owner(self, parent_id: str) -> RequestOwner | None:
-        if parent_id not in self._cache:
-            self._cache[parent_id] = self.resolver(parent_id)
-        return self._cache[parent_id]
+        owner = self._cache.get(parent_id)
+        if owner is None:
+            owner = self.resolver(parent_id)
+            if owner is not None:  # an unknown id may become known: ask again next time
+                if len(self._cache) > CACHE_LIMIT:
+                    self.forget()
+                self._cache[parent_id] = owner
+        return owner
 
     def color(self, parent_id: str) -> QColor:
         owner = self.owner(parent_id)
