@@ -69,7 +69,12 @@ class Comparison:
             return "static batching comparison: no finished request yet"
         return (f"continuous batching: {self.continuous_steps} steps · static batches of "
                 f"{self.batch_size} padded to the longest: {self.static_steps} steps "
-                f"({self.ratio:.1f}× {'more' if self.ratio >= 1 else 'fewer'})")  # fmt: skip
+                f"({self._relation()})")  # fmt: skip
+
+    def _relation(self) -> str:
+        if self.static_steps == self.continuous_steps:
+            return "the same"
+        return f"{self.ratio:.1f}× {'more' if self.ratio > 1 else 'fewer'}"
 
 
 class RequestLengths:

@@ -92,3 +92,11 @@ def test_comparison_uses_the_largest_batch_seen():
                               "the longest: 6 steps (0.9× fewer)")
     assert tracker.compare(batch_size=1).static_steps == 9
     assert RequestLengths().compare().describe().endswith("no finished request yet")
+
+
+def test_describe_says_when_both_take_the_same_steps():
+    tracker = RequestLengths()
+    for r in [record(0, [entry("Q", K.PREFILL, 2, 0, True)]),
+              record(1, [entry("Q", K.DECODE, 1, 2, True)], finished=("Q",))]:
+        tracker.add(r)
+    assert tracker.compare().describe().endswith("2 steps (the same)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QToolTip
 from test_static_batching import entry, record, scenario
 
 from engine.stats import StepKind
@@ -128,3 +129,11 @@ def test_static_batching_line(view):
     assert "largest batch seen" in view.static_batching_label.toolTip()
     view.set_static_batch_size(1)
     assert "static batches of 1" in view.static_batching_label.text()
+
+
+def test_hovering_a_column_shows_its_batch(view, qtbot):
+    view.add_records(scenario())
+    viewport = view.canvas.viewport()
+    qtbot.mouseMove(viewport, view.canvas.cell_rect("B", 1).center())
+    qtbot.waitUntil(lambda: QToolTip.isVisible())
+    assert QToolTip.text() == view.column_tooltip(1)

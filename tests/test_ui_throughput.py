@@ -144,3 +144,14 @@ def test_hover_readout_reads_the_drawn_values(view, qtbot):
     x, y = drawn(view, qtbot, "batch_size")
     text = view.readout_at(x[10])
     assert f"batch {y[10]:,.0f}" in text and "tok/s" in text and "KV" in text
+
+
+def test_hovering_a_chart_moves_the_crosshair_and_the_readout(view, qtbot):
+    view.add_records(make_records(200))
+    drawn(view, qtbot, "decode_tps")
+    plot = view.plots[2]
+    centre = plot.sceneBoundingRect().center()
+    plot.scene().sigMouseMoved.emit(centre)
+    x = plot.getPlotItem().vb.mapSceneToView(centre).x()
+    assert view.readout.text() == view.readout_at(x) and view.readout.text().startswith("t = ")
+    assert all(line.isVisible() and line.value() == pytest.approx(x) for line in view._lines)

@@ -33,7 +33,10 @@ STATIC_TIP = (
     "arrival order in batches of {size} ({why}), each batch padded to its longest prompt and "
     "run until its longest output is done: 1 prefill step + (longest output − 1) decode "
     "steps per batch, the next batch waiting for the whole of this one.\n"
-    "Continuous batching: the engine steps that served at least one of these requests."
+    "Continuous batching: the engine steps that served at least one of these requests.\n"
+    "Steps, not time: under light load continuous batching runs small batches (there is "
+    "nothing else to run) and can take more steps; a static server would instead have kept "
+    "those requests waiting for a full batch."
 )
 
 

@@ -106,11 +106,11 @@ class TimelineCanvas(QAbstractScrollArea):
         first, count = self.window()
         self._rows = self.model.rows_between(first, first + count - 1) if count else []
         vbar = self.verticalScrollBar()
-        at_bottom = vbar.value() >= vbar.maximum()
         vbar.setRange(0, max(0, len(self._rows) - self.row_slots_shown()))
         vbar.setPageStep(self.row_slots_shown())
-        if at_bottom and self.following:  # newest requests arrive at the bottom
-            vbar.setValue(vbar.maximum())
+        if self.following:  # the oldest unfinished request on top: the running batch
+            live = next((i for i, r in enumerate(self._rows) if not r.finished), 0)
+            vbar.setValue(min(live, vbar.maximum()))
         self.viewport().update()
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
