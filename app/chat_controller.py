@@ -41,6 +41,14 @@ def reply_stats(out, now: float | None = None) -> dict:
     return stats
 
 
+def _params_left(params, done: int):
+    """The same sampling for the rest of a reply that already has `done` tokens."""
+    if params.max_tokens is None:
+        return params
+    return replace(params, max_tokens=max(1, params.max_tokens - done),
+                   min_tokens=max(0, params.min_tokens - done))  # fmt: skip
+
+
 def to_view(m: Message) -> ChatMessage:
     stats = None
     if "tokens" in m.stats:
@@ -51,6 +59,9 @@ def to_view(m: Message) -> ChatMessage:
 
 class ChatController(QObject):
     titleChanged = Signal(int)  # session id
+    # a clicked message's tokens: (session id, token ids of the chat up to its end, where
+    # the message starts); the learner's KV panel lights up the blocks that hold them
+    messageTokensSelected = Signal(int, object, int)
 
     def __init__(self, session_id: int, store: SessionStore, service: EngineService,
                  pane: ChatPane, parent: QObject | None = None):  # fmt: skip
@@ -64,6 +75,7 @@ class ChatController(QObject):
         self.reply_text = ""
         self.request_id: str | None = None
         self.last_output = None  # the latest RequestOutput of the running reply
+        self.prompt_ids: list[int] = []  # what the running reply was asked with
         self.closed = False
         self._drop_plan = 0
         self._system_cache: tuple[str | None, int] = (None, 0)
@@ -74,6 +86,7 @@ class ChatController(QObject):
         pane.settingsChanged.connect(self._save_settings)
         pane.dropOldestRequested.connect(self.drop_oldest_and_send)
         pane.exportRequested.connect(self.export)
+        pane.messageSelected.connect(self.select_message)
         service.loaded.connect(self._on_engine_loaded)
         self.load()
 
@@ -301,9 +314,37 @@ class ChatController(QObject):
             self._finish(status, error)
 
     async def _consume(self, prompt: list[int], params, base: ContextUsage | None) -> None:
-        """Stream the reply into the pane, saving it every SAVE_INTERVAL seconds."""
+        """Stream the reply into the pane, saving it every SAVE_INTERVAL seconds. If the
+        engine is replaced meanwhile (the learner's cache size), carry on where it stopped:
+        the new engine gets the prompt and the tokens so far, as a preempted request is
+        recomputed, and goes on writing."""
+        from engine.async_engine import EngineDeadError
+
+        self.prompt_ids, done_ids, done_text = list(prompt), [], ""
+        while True:
+            engine = self.service.engine
+            try:
+                await self._stream_part(engine, prompt + done_ids, params, base, done_ids,
+                                        done_text)  # fmt: skip
+                return
+            except EngineDeadError:
+                replaced = self.service.is_restarting or self.service.engine is not engine
+                if not replaced:
+                    raise
+            await self.service.wait_ready()
+            out = self.last_output.outputs[0] if self.last_output is not None else None
+            if out is not None:
+                done_ids, done_text = list(out.token_ids), self.reply_text
+            params = _params_left(params, len(done_ids))
+
+    async def _stream_part(self, engine, prompt: list[int], params, base: ContextUsage | None,
+                           done_ids: list[int], done_text: str) -> None:  # fmt: skip
         last_save = time.monotonic()
-        async for out in self.service.engine.generate(prompt, params, request_id=self.request_id):
+        async for out in engine.generate(prompt, params, request_id=self.request_id):
+            if done_ids:  # a part after a restart: the reply is what came before and this
+                first = out.outputs[0]
+                out = replace(out, prompt_token_ids=self.prompt_ids, outputs=[replace(
+                    first, text=done_text + first.text, token_ids=done_ids + first.token_ids)])
             self.last_output = out
             self.reply_text = out.outputs[0].text
             self.pane.show_reply(self.reply_text)
@@ -313,6 +354,39 @@ class ChatController(QObject):
             if now - last_save >= SAVE_INTERVAL:
                 self.store.update_message(self.reply_id, self.reply_text)
                 last_save = now
+
+    # ---------------------------------------------------------------- the KV panel's link
+    def select_message(self, index: int) -> None:
+        """Say which tokens the clicked message is, so its KV blocks can be shown."""
+        if self.service.tokenizer is None:
+            return
+        found = self.message_tokens(index)
+        if found is not None:
+            self.messageTokensSelected.emit(self.session_id, *found)
+
+    def message_tokens(self, index: int) -> tuple[list[int], int] | None:
+        """(token ids of the chat up to the end of message `index`, where it starts), as the
+        engine saw them; None for a message that is not sent to the model."""
+        messages = self.store.messages(self.session_id)
+        if index >= len(messages) or messages[index].id == self.reply_id:
+            if self.last_output is None:
+                return None
+            return self.prompt_ids + list(self.last_output.outputs[0].token_ids), len(
+                self.prompt_ids)
+        m = messages[index]
+        if not m.in_context or m.status == "error" or m.role not in ("user", "assistant"):
+            return None
+        chat = self._system() + [
+            {"role": x.role, "content": x.content} for x in messages[: index + 1]
+            if x.in_context and x.role in ("user", "assistant") and x.status != "error"
+            and x.content
+        ]  # fmt: skip
+        start = len(self._template_ids(chat[:-1])) if len(chat) > 1 else 0
+        return self._template_ids(chat), start
+
+    def _template_ids(self, chat: list[dict[str, str]]) -> list[int]:
+        return list(self.service.tokenizer.apply_chat_template(
+            chat, tokenize=True, add_generation_prompt=False, return_dict=False))
 
     def _finish(self, status: str, error: str | None) -> None:
         """Write the reply's final text, status and numbers (unless the pane has closed)."""

@@ -24,19 +24,24 @@ class EngineLoadError(RuntimeError):
     """The model could not be loaded; the message says why."""
 
 
-def build_engine(config_fields: dict[str, Any]) -> tuple[Any, EngineInfo]:
-    """In a worker thread: the AsyncEngine and what to show about it."""
+# The learner's small cache: few enough blocks to see each one, to fill up and to preempt.
+SMALL_CACHE_FIELDS = {"num_kv_blocks": 64, "block_size": 16}
+
+
+def build_engine(config_fields: dict[str, Any], loaded: Any = None) -> tuple[Any, EngineInfo]:
+    """In a worker thread: the AsyncEngine and what to show about it. `loaded` reuses the
+    weights of an engine being replaced (a restart on another cache size loads nothing)."""
     # torch, transformers and the model make ~450k long-lived objects. A full garbage
     # collection walks them all (100-350 ms on a 2-core machine) holding the GIL, which the
     # UI thread feels: none runs while loading (it leaves ~7k unreachable objects), and the
     # survivors are frozen, so later full collections skip them.
     gc.disable()
     try:
-        from engine import EngineConfig
+        from engine import EngineConfig, LLMEngine
         from engine.async_engine import AsyncEngine
 
         config = EngineConfig(**config_fields)
-        engine = AsyncEngine(config)
+        engine = AsyncEngine(engine=LLMEngine(config, loaded=loaded))
     finally:
         gc.freeze()
         gc.enable()
@@ -47,6 +52,7 @@ class EngineService(QObject):
     loadingStarted = Signal(str)  # what is being loaded
     loaded = Signal(object)  # EngineInfo
     loadFailed = Signal(str)
+    restarting = Signal()  # the engine is replaced (another cache size); `loaded` follows
     # list[StepStats] since the last emit, KVSnapshot or None (emitted in the engine thread)
     statsUpdated = Signal(object, object)
 
@@ -54,12 +60,14 @@ class EngineService(QObject):
         super().__init__(parent)
         self.setObjectName("engineService")
         self.config_fields = dict(config_fields)
+        self._settings_block_size = self.config_fields.get("block_size", 16)
         self.engine = None  # AsyncEngine, once loaded
         self.info: EngineInfo | None = None
         self.tokenizer = None  # the engine's, once loaded
         self.error: str | None = None
         self._ready: asyncio.Future | None = None
         self._closed = False
+        self.is_restarting = False
 
     @property
     def model_label(self) -> str:
@@ -82,12 +90,45 @@ class EngineService(QObject):
             raise EngineLoadError("the engine was never started")
         return await asyncio.shield(self._ready)
 
-    async def _load(self) -> None:
+    @property
+    def small_cache(self) -> bool:
+        return self.config_fields.get("num_kv_blocks") == SMALL_CACHE_FIELDS["num_kv_blocks"]
+
+    def restart(self, **overrides: Any) -> asyncio.Task:
+        """Replace the engine by one built with these EngineConfig fields changed (None
+        removes a field), on the same weights. Streams open now see EngineDeadError while
+        is_restarting is set, and carry on once `loaded` is emitted again."""
+        for name, value in overrides.items():
+            if value is None:
+                self.config_fields.pop(name, None)
+            else:
+                self.config_fields[name] = value
+        old, self.engine = self.engine, None
+        loaded = old.engine.loaded if old is not None else None
+        self.is_restarting = True
+        self.restarting.emit()
+        self._ready = asyncio.get_event_loop().create_future()
+        self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if old is not None:
+            old.shutdown()  # its streams end now; the chats wait for the new engine
+        self.loadingStarted.emit(self.model_label)
+        return asyncio.ensure_future(self._load(loaded))
+
+    def set_small_cache(self, on: bool) -> asyncio.Task:
+        """The learner's preset: 64 blocks of 16 tokens, or back to the settings' size."""
+        fields = SMALL_CACHE_FIELDS if on else {"num_kv_blocks": None,
+                                                "block_size": self._settings_block_size}
+        return self.restart(**fields)
+
+    async def _load(self, loaded: Any = None) -> None:
         loop = asyncio.get_running_loop()
         try:
-            engine, info = await loop.run_in_executor(None, build_engine, self.config_fields)
+            engine, info = await loop.run_in_executor(
+                None, build_engine, self.config_fields, loaded
+            )
         except Exception as exc:
             log.exception("loading %s failed", self.model_label)
+            self.is_restarting = False
             self.error = f"{type(exc).__name__}: {exc}"
             self.loadFailed.emit(self.error)
             self._ready.set_exception(EngineLoadError(self.error))
@@ -99,6 +140,7 @@ class EngineService(QObject):
         # does with chat prompts: encoding without truncation or padding changes nothing in
         # it, so it is safe beside the engine thread's decoding.
         self.engine, self.info, self.tokenizer = engine, info, engine.tokenizer
+        self.is_restarting = False
         engine.add_stats_listener(self._forward_stats)
         log.info("engine ready: %s", info)
         self.loaded.emit(info)

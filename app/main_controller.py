@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QApplication
 from app.chat_controller import ChatController
 from app.device_info import EngineInfo
 from app.engine_service import EngineService
+from app.learner_controller import LearnerController
 from app.server_control import ServerControl
 from app.session_list_model import SessionListModel
 from app.settings import AppSettings, save_settings
@@ -25,6 +26,7 @@ from ui.theme import apply_theme
 log = logging.getLogger(__name__)
 
 OPEN_PANES_KEY = "open_panes"
+WINDOW_STATE_KEY = "window/state"  # the docks' places and visibility (QMainWindow.saveState)
 
 
 class AppController(QObject):
@@ -39,6 +41,7 @@ class AppController(QObject):
         self.chats: dict[int, ChatController] = {}  # open panes, in order
         self.server = ServerControl(window.server_switch, service, lambda: self.settings, self)
         self.closed = False
+        self.learner = LearnerController(window, service, self)
         self._connect()
 
     def _connect(self) -> None:
@@ -86,6 +89,7 @@ class AppController(QObject):
         pane = ChatPane()
         chat = ChatController(session_id, self.store, self.service, pane, self)
         chat.titleChanged.connect(self.sessions.refresh)
+        self.learner.connect_chat(chat)
         pane.closeRequested.connect(lambda: self.close_session(session_id))
         self.chats[session_id] = chat
         self.window.add_pane(pane)
@@ -120,6 +124,15 @@ class AppController(QObject):
     def _save_open_panes(self) -> None:
         if not self.closed:
             self.store.set_state(OPEN_PANES_KEY, list(self.chats))
+
+    def restore_window_state(self) -> None:
+        state = self.qsettings.value(WINDOW_STATE_KEY)
+        if state is not None:
+            self.window.restoreState(state)
+
+    def save_window_state(self) -> None:
+        self.qsettings.setValue(WINDOW_STATE_KEY, self.window.saveState())
+        self.qsettings.sync()
 
     def broadcast(self, text: str) -> list[asyncio.Task]:
         """One prompt to every open pane at once: all stream in the same batch."""
@@ -163,6 +176,7 @@ class AppController(QObject):
         if self.closed:
             return
         self._save_open_panes()
+        self.save_window_state()
         self.closed = True
         app = QApplication.instance()
         if app is not None:

@@ -31,6 +31,7 @@ def create_window(data_dir: str | Path, model: str | None = None) -> MainWindow:
     service = EngineService(settings.engine_config_fields(model), parent=window)
     controller = AppController(window, store, sessions, service, settings, qsettings, data_dir)
     window.controller = controller
+    controller.restore_window_state()
     controller.restore()
     service.start()
     return window

@@ -5,7 +5,9 @@
     outs = llm.generate(["Hello, my name is"], SamplingParams(temperature=0.8, top_p=0.95))
 
 Names are imported on first use, so `import engine.kv_cache_manager` (or a widget that
-only needs the snapshot types) does not pay for loading transformers.
+only needs the snapshot types) does not pay for loading transformers. The learner's panels
+also use the pure modules `engine.kv_metrics`, `engine.kv_events`, `engine.kv_locate` and
+`engine.static_batching` (`from engine import kv_metrics`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ _EXPORTS = {
     "CompletionOutput": "engine.outputs",
     "RequestMetrics": "engine.outputs",
     "StepStats": "engine.stats",
+    "StepKind": "engine.stats",
+    "ScheduledEntry": "engine.stats",
     "KVSnapshot": "engine.kv_snapshot",
     "BlockState": "engine.kv_snapshot",
     "KVEvent": "engine.kv_events",

@@ -7,7 +7,7 @@ message in the input box; Enter resends it in place of the original, Escape canc
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (
     QFileDialog, QFrame, QHBoxLayout, QLabel, QMenu, QPushButton, QToolButton,
@@ -32,6 +32,7 @@ class ChatPane(QFrame):
     dropOldestRequested = Signal()
     exportRequested = Signal(str, str)  # format ("md" | "json"), path
     closeRequested = Signal()
+    messageSelected = Signal(int)  # index of a clicked message (len(messages): the live reply)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -42,6 +43,10 @@ class ChatPane(QFrame):
         self.editing = False
         self._draft = ""
         self.transcript = TranscriptView(self)
+        self.transcript.messageClicked.connect(self.messageSelected)
+        self._flash = QTimer(self)
+        self._flash.setSingleShot(True)
+        self._flash.timeout.connect(lambda: self.set_highlighted(False))
         self.settings_panel = ChatSettingsPanel(self)
         self.settings_panel.hide()
         self.settings_panel.settingsChanged.connect(self.settingsChanged)
@@ -136,6 +141,25 @@ class ChatPane(QFrame):
 
     def set_settings(self, settings: ChatSettings) -> None:
         self.settings_panel.set_settings(settings)
+
+    @property
+    def highlighted(self) -> bool:
+        return self.lineWidth() > 1
+
+    def set_highlighted(self, on: bool, ms: int = 1500) -> None:
+        """Frame the pane in its colour for a moment (a block of it was clicked in the KV
+        panel), so the learner sees whose block that is."""
+        if on and not self.highlighted:
+            self._normal_palette = QPalette(self.palette())
+            palette = self.palette()
+            palette.setColor(QPalette.ColorRole.WindowText, self.color)
+            self.setPalette(palette)
+        elif not on and self.highlighted:
+            self.setPalette(self._normal_palette)
+        self.setFrameShape(QFrame.Shape.Box if on else QFrame.Shape.StyledPanel)
+        self.setLineWidth(3 if on else 1)
+        if on:
+            self._flash.start(ms)
 
     def set_messages(self, messages: list[ChatMessage]) -> None:
         self.messages = list(messages)

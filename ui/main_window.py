@@ -1,13 +1,14 @@
 """The main window: sessions on the left, chat panes side by side, a bar to send one prompt
-to every open pane, the server switch, and the engine's status at the bottom."""
+to every open pane, the server switch, the engine's status at the bottom, and the learner's
+panels as docks (right or bottom, tabbed when space is short, shown from the View menu)."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QAbstractItemModel, Qt, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QIcon
 from PySide6.QtWidgets import (
-    QHBoxLayout, QLabel, QLineEdit, QMainWindow, QPushButton, QSplitter, QToolBar,
-    QVBoxLayout, QWidget,
+    QDockWidget, QHBoxLayout, QLabel, QLineEdit, QMainWindow, QPushButton, QSplitter,
+    QToolBar, QVBoxLayout, QWidget,
 )  # fmt: skip
 
 from ui.chat_pane import ChatPane
@@ -39,8 +40,35 @@ class MainWindow(QMainWindow):
         self.empty_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.server_switch = ServerSwitch(self)
         self.status = EngineStatus(self.statusBar())
+        self.view_menu = self.menuBar().addMenu("&View")
+        self.view_menu.setObjectName("viewMenu")
+        self.docks: dict[str, QDockWidget] = {}
         self._build_toolbar()
         self._build_central()
+
+    def add_panel(self, name: str, title: str, widget: QWidget,
+                  area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea,
+                  tab_with: str | None = None) -> QDockWidget:  # fmt: skip
+        """A learner's panel as a dock; its View menu entry shows or hides it. `name` is
+        the dock's objectName, which saveState / restoreState remember it by."""
+        dock = QDockWidget(title, self)
+        dock.setObjectName(name)
+        dock.setWidget(widget)
+        dock.setAllowedAreas(Qt.DockWidgetArea.RightDockWidgetArea
+                             | Qt.DockWidgetArea.BottomDockWidgetArea)  # fmt: skip
+        self.addDockWidget(area, dock)
+        if tab_with in self.docks:
+            self.tabifyDockWidget(self.docks[tab_with], dock)
+        self.docks[name] = dock
+        action = dock.toggleViewAction()
+        action.setObjectName(f"{name}Action")
+        self.view_menu.addAction(action)
+        return dock
+
+    def add_toolbar_below(self, toolbar: QToolBar) -> None:
+        self.addToolBarBreak()
+        self.addToolBar(toolbar)
+        self.view_menu.addAction(toolbar.toggleViewAction())
 
     def _build_toolbar(self) -> None:
         toolbar = QToolBar("Main", self)
@@ -81,6 +109,9 @@ class MainWindow(QMainWindow):
         self._update_hint()
 
     # ---------------------------------------------------------------- panes
+    def pane_at(self, index: int) -> ChatPane:
+        return self.panes.widget(index)
+
     def chat_panes(self) -> list[ChatPane]:
         return [self.panes.widget(i) for i in range(self.panes.count())]
 

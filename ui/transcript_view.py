@@ -8,8 +8,8 @@ long conversations stay cheap for the UI thread.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QTimer
-from PySide6.QtGui import QPalette, QTextBlockFormat, QTextCursor, QTextFormat
+from PySide6.QtCore import QPoint, QTimer, Signal
+from PySide6.QtGui import QMouseEvent, QPalette, QTextBlockFormat, QTextCursor, QTextFormat
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
 from ui.chat_types import ChatMessage
@@ -19,6 +19,10 @@ RENDER_INTERVAL_MS = 100
 
 
 class TranscriptView(QTextBrowser):
+    # index into the messages shown (len(messages) = the reply streaming now): the learner's
+    # KV panel lights up the blocks that hold it
+    messageClicked = Signal(int)
+
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("chatTranscript")
@@ -65,6 +69,38 @@ class TranscriptView(QTextBrowser):
         markdown = "\n\n".join(SEPARATOR + message_markdown(m) for m in added)
         cursor.insertMarkdown(markdown)
         self._shade_code_blocks(self._tail_start)
+
+    def message_index_at(self, pos: QPoint) -> int | None:
+        """Which message is drawn at this point of the viewport (None: a note, or nothing).
+        Messages are separated by horizontal rules, so count the rules above the point."""
+        block = self.cursorForPosition(pos).block()
+        rules, b = 0, block.previous()
+        while b.isValid():
+            if b.blockFormat().hasProperty(QTextFormat.Property.BlockTrailingHorizontalRulerWidth):
+                rules += 1
+            b = b.previous()
+        shown = self._shown_parts()
+        return shown[rules] if rules < len(shown) else None
+
+    def _shown_parts(self) -> list[int | None]:
+        """Message index of each part between rules, as transcript_markdown lays them out."""
+        parts: list[int | None] = []
+        previous_in_context = True
+        for i, m in enumerate(self._messages):
+            if m.in_context and not previous_in_context:
+                parts.append(None)  # the "no longer in context" note
+            previous_in_context = m.in_context
+            parts.append(i)
+        if self._streaming is not None:
+            parts.append(len(self._messages))
+        return parts
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        super().mouseReleaseEvent(event)
+        if not self.textCursor().hasSelection():  # a click, not a text selection
+            index = self.message_index_at(event.position().toPoint())
+            if index is not None:
+                self.messageClicked.emit(index)
 
     def set_streaming(self, message: ChatMessage | None) -> None:
         """Show (or, with None, drop) the reply being written; rendered on the next tick."""
