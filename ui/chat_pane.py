@@ -10,7 +10,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (
-    QFileDialog, QFrame, QHBoxLayout, QLabel, QMenu, QPushButton, QToolButton,
+    QFileDialog, QFrame, QHBoxLayout, QLabel, QMenu, QPushButton, QSizePolicy, QToolButton,
     QVBoxLayout, QWidget,
 )  # fmt: skip
 
@@ -83,6 +83,10 @@ class ChatPane(QFrame):
         self.title = QLabel("", self)
         self.title.setObjectName("paneTitle")
         self.title.setTextFormat(Qt.TextFormat.PlainText)
+        # A long title is cut, not allowed to widen the pane (and with it the whole window,
+        # which would re-lay out every pane and panel).
+        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.title.setMinimumWidth(40)
         self.settings_button = self._tool("settingsButton", "Settings", checkable=True)
         self.settings_button.toggled.connect(self.settings_panel.setVisible)
         self.export_button = self._tool("exportButton", "Export")
@@ -132,6 +136,7 @@ class ChatPane(QFrame):
     # ---------------------------------------------------------------- showing
     def set_session(self, title: str, color: str) -> None:
         self.title.setText(title)
+        self.title.setToolTip(title)
         if QColor(color) != self.color:  # palettes, not style sheets: restyling is costly
             self.color = QColor(color)
             for strip in (self.swatch, self.color_strip):

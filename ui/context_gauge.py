@@ -57,6 +57,10 @@ class ContextGauge(QWidget):
         self.bar = ContextBar(self)
         self.label = QLabel("context: model loading…", self)
         self.label.setObjectName("contextLabel")
+        # Room for the longest count up front: a label that grows as a reply streams would
+        # widen the pane, and so re-lay out the whole window, many times a second.
+        self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance(
+            "888,888 / 888,888 tokens") + 4)
         self._near = False
         self.warning = self._build_warning()
         row = QHBoxLayout()

@@ -127,6 +127,7 @@ class KVNumbers(QFrame):
         label.setObjectName(name)
         label.setToolTip(FORMULAS[name])
         label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        label.setWordWrap(True)  # a longer number wraps; it never widens the window
         self.labels[name] = label
         return label
 
@@ -199,8 +200,9 @@ class KVCacheView(QWidget):
         left.addWidget(self.grid, 1)
         left.addWidget(self.legend)
         row.addLayout(left, 1)
-        self.numbers.setMinimumWidth(230)
-        self.numbers.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Preferred)
+        # A fixed width: numbers change 20 times a second, and a column that grew with them
+        # would re-lay out the whole window (every chart and pane) each time.
+        self.numbers.setFixedWidth(250)
         row.addWidget(self.numbers)
         column = QVBoxLayout(top)
         column.setContentsMargins(0, 0, 0, 0)

@@ -1,7 +1,7 @@
 """The throughput panel: six small charts stacked on one time axis, and the totals.
 
 Records arrive a few times a second, several at a time; `add_records` only appends them to
-a ring buffer. A QTimer redraws at 8 Hz while new data comes and stops when it does not,
+a ring buffer. A QTimer redraws at ~6 Hz while new data comes and stops when it does not,
 so the charts cost nothing when the engine is idle and never redraw per step.
 """
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.ma  # noqa: F401  (pyqtgraph's first real curve loads it: 15 ms better spent now)
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QPointF, QTimer
 from PySide6.QtGui import QColor, QPalette
@@ -19,7 +20,8 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from engine import StepStats
 from ui.throughput_series import Series, ThroughputSeries
 
-REDRAW_MS = 125  # 8 Hz
+REDRAW_MS = 160  # ~6 Hz: live enough, and six charts' repaints stay a small share of the UI
+X_STEP_S = 30.0  # the time axis moves in whole steps, not on every redraw (see _redraw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,9 @@ class ThroughputView(QWidget):
         self.totals_label = QLabel(self.series.totals.describe(), self)
         self.totals_label.setObjectName("throughputTotals")
         self.totals_label.setWordWrap(True)
+        # Two lines from the start: a label that grows re-lays out all six charts (each
+        # resize regenerates their axes), so its first long text must not move them.
+        self.totals_label.setMinimumHeight(2 * self.totals_label.fontMetrics().lineSpacing() + 2)
         self.readout = QLabel("Hover a chart to read its values.", self)
         self.readout.setObjectName("throughputReadout")
         self.readout.setWordWrap(True)
@@ -107,6 +112,8 @@ class ThroughputView(QWidget):
             plot.getAxis("bottom").setHeight(4)
         self.plots[-1].setLabel("bottom", "time since start (s)")
         self._apply_palette()
+        self._redraw()  # once, empty: pyqtgraph's lazy imports happen now, not mid-stream
+        self._redraws = 0
 
     # --- the app's API ----------------------------------------------------------------------
 
@@ -158,12 +165,24 @@ class ThroughputView(QWidget):
                 self.curves[curve.name].setData(x, y, connect="finite")
                 if len(y) and np.isfinite(y).any() and not chart.fixed_top:
                     top = max(top, float(np.nanmax(y)) * 1.15)
-            plot.setYRange(0, top, padding=0)
+            self._set_y_top(plot, nice_ceiling(top))
         x = data["batch_size"][0]
         if len(x):
-            self.plots[0].setXRange(max(0.0, x[-1] - s.window_s), max(x[-1], 1.0), padding=0.01)
+            self._follow(x[-1])
         self.totals_label.setText(s.totals.describe())
         self._redraws += 1
+
+    def _set_y_top(self, plot: pg.PlotWidget, top: float) -> None:
+        if plot.getPlotItem().vb.viewRange()[1][1] != top:
+            plot.setYRange(0, top, padding=0)
+
+    def _follow(self, latest: float) -> None:
+        """Keep the latest time in view. Axes and grid are redrawn by pyqtgraph whenever
+        their range changes, which costs more than the curves: so the range moves on only
+        when the data reaches its right edge, by X_STEP_S at a time."""
+        right = max(X_STEP_S, float(np.ceil(latest / X_STEP_S)) * X_STEP_S)
+        if self.plots[0].getPlotItem().vb.viewRange()[0][1] != right:
+            self.plots[0].setXRange(max(0.0, right - self.series.window_s), right, padding=0)
 
     # --- charts -----------------------------------------------------------------------------
 
@@ -233,6 +252,17 @@ class ThroughputView(QWidget):
                 axis = plot.getAxis(name)
                 axis.setPen(muted)
                 axis.setTextPen(text)
+
+
+def nice_ceiling(value: float) -> float:
+    """The least of 1, 2, 2.5, 5 × 10^k that is >= value: a y top that changes seldom."""
+    if value <= 0:
+        return 1.0
+    power = 10.0 ** np.floor(np.log10(value))
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if value <= m * power + 1e-9:
+            return float(m * power)
+    return float(10 * power)
 
 
 def _value_at(series: Series, x: float) -> float | None:
