@@ -21,6 +21,7 @@ SHARED_SYSTEM_PROMPT = (
     "you use it, and end each answer with one question that checks understanding."
 )
 GREEDY = {"temperature": 0.0}
+SHARED_SAMPLING = {**GREEDY, "max_tokens": 64}
 FILL_PROMPTS = (
     "Tell me a long story about a lighthouse keeper.",
     "Explain, step by step, how a bicycle gear works.",
@@ -70,9 +71,8 @@ async def _first_token(chat, timeout: float = 60.0) -> None:
 
 async def shared_system_prompt(app) -> None:
     await app.service.wait_ready()
-    sampling = {**GREEDY, "max_tokens": 48}
-    first = _open_chat(app, "Shared prompt · A", SHARED_SYSTEM_PROMPT, sampling)
-    second = _open_chat(app, "Shared prompt · B", SHARED_SYSTEM_PROMPT, sampling)
+    first = _open_chat(app, "Shared prompt · A", SHARED_SYSTEM_PROMPT, SHARED_SAMPLING)
+    second = _open_chat(app, "Shared prompt · B", SHARED_SYSTEM_PROMPT, SHARED_SAMPLING)
     tasks = [first.send("What is a page table?")]
     await _first_token(first)
     tasks.append(second.send("What is a cache?"))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Render the main window under Xvfb (Qt's real xcb platform, not offscreen) with two panes
-# mid-conversation on the bundled model, to docs/screenshot.png (or the path given).
+# mid-conversation on the bundled model, to docs/screenshot.png (or the path given), and
+# the learner's panels during a three-session run to docs/panels*.png (the folder of it).
 # Installs Xvfb and the X libraries Qt's xcb platform needs when they are missing; note that
 # Qt blames xcb-cursor0 when libxcb-icccm4 or libxcb-keysyms1 is what is missing.
 set -euo pipefail
@@ -13,9 +14,10 @@ bash scripts/system_packages.sh xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor
 
 n=97
 while [ -e "/tmp/.X11-unix/X$n" ] || [ -e "/tmp/.X$n-lock" ]; do n=$((n + 1)); done
-Xvfb ":$n" -screen 0 1600x1000x24 -nolisten tcp >/dev/null 2>&1 &
+Xvfb ":$n" -screen 0 1920x1200x24 -nolisten tcp >/dev/null 2>&1 &
 xvfb=$!
 trap 'kill "$xvfb" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -e "/tmp/.X11-unix/X$n" ] && break; sleep 0.1; done
 
 DISPLAY=":$n" QT_QPA_PLATFORM=xcb .venv/bin/python scripts/screenshot.py "$out"
+DISPLAY=":$n" QT_QPA_PLATFORM=xcb .venv/bin/python scripts/screenshot_panels.py "$(dirname "$out")"
