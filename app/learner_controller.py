@@ -54,13 +54,17 @@ class LearnerController(QObject):
         w = self.window
         w.add_toolbar_below(self.toolbar)
         right, bottom = Qt.DockWidgetArea.RightDockWidgetArea, Qt.DockWidgetArea.BottomDockWidgetArea
+        # The chats keep the middle: the KV cache and the charts on the right, one above the
+        # other, and the timeline below the chats (it is wide, not tall).
         w.add_panel("kvCacheDock", "KV cache", self.kv_view, right)
+        w.add_panel("throughputDock", "Throughput", self.throughput, right)
         w.add_panel("batchTimelineDock", "Batch timeline", self.timeline, bottom)
-        w.add_panel("throughputDock", "Throughput", self.throughput, bottom)
-        w.splitDockWidget(w.docks["batchTimelineDock"], w.docks["throughputDock"],
-                          Qt.Orientation.Horizontal)  # fmt: skip
-        w.resizeDocks([w.docks["kvCacheDock"]], [520], Qt.Orientation.Horizontal)
-        w.resizeDocks([w.docks["batchTimelineDock"]], [300], Qt.Orientation.Vertical)
+        w.splitDockWidget(w.docks["kvCacheDock"], w.docks["throughputDock"],
+                          Qt.Orientation.Vertical)  # fmt: skip
+        w.resizeDocks([w.docks["kvCacheDock"]], [540], Qt.Orientation.Horizontal)
+        w.resizeDocks([w.docks["kvCacheDock"], w.docks["throughputDock"]], [560, 440],
+                      Qt.Orientation.Vertical)  # fmt: skip
+        w.resizeDocks([w.docks["batchTimelineDock"]], [230], Qt.Orientation.Vertical)
 
     def _connect(self) -> None:
         s, t = self.service, self.toolbar

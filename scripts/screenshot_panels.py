@@ -26,7 +26,7 @@ from app.experiments import SHARED_SYSTEM_PROMPT  # noqa: E402
 QUESTIONS = ("What is a page table?", "What does a cache do?")
 OTHER_SYSTEM = "You answer in three short bullet points."
 OTHER = "Why batch requests continuously instead of one at a time?"
-REPLY_TOKENS = 110  # take the pictures once every reply has about this many tokens
+REPLY_TOKENS = 50  # take the pictures while all three still run and A and B share blocks
 
 
 async def three_sessions(window) -> list:
@@ -46,7 +46,8 @@ async def three_sessions(window) -> list:
     chats[1].send(QUESTIONS[1])
     await asyncio.sleep(1.0)
     chats[2].send(OTHER)
-    await _until(lambda: all(_tokens(c) >= REPLY_TOKENS or not c.busy for c in chats), 300)
+    await _until(lambda: all(_tokens(c) >= REPLY_TOKENS for c in chats)
+                 or not all(c.busy for c in chats), 300)
     ctrl.learner.set_paused(True)  # hold the picture still while it is taken
     ctrl.service.engine.pause(wait=True)
     ctrl.service.engine.request_snapshot()

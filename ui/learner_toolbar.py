@@ -33,10 +33,10 @@ class LearnerToolbar(QToolBar):
     def __init__(self, parent: QWidget | None = None):
         super().__init__("Learn", parent)
         self.setObjectName("learnerToolbar")
-        self.pause_button = self._button("pauseButton", "⏸ Pause", checkable=True,
+        self.pause_button = self._button("pauseButton", "Pause", checkable=True,
                                          tip="Stop the engine between steps; requests wait")  # fmt: skip
         self.pause_button.toggled.connect(self._pause_toggled)
-        self.step_button = self._button("stepButton", "Step ▸",
+        self.step_button = self._button("stepButton", "Step",
                                         tip="Run exactly one scheduler step, then stop again")  # fmt: skip
         self.step_button.clicked.connect(self.stepRequested)
         self.step_button.setEnabled(False)
@@ -98,7 +98,7 @@ class LearnerToolbar(QToolBar):
         self.delay_label.setText(" Slow motion: off " if ms == 0 else f" Slow motion: {ms} ms ")
 
     def _pause_toggled(self, paused: bool) -> None:
-        self.pause_button.setText("▶ Resume" if paused else "⏸ Pause")
+        self.pause_button.setText("Resume" if paused else "Pause")
         self.step_button.setEnabled(paused)
         self.pauseToggled.emit(paused)
 
@@ -108,7 +108,7 @@ class LearnerToolbar(QToolBar):
         self.pause_button.blockSignals(True)
         self.pause_button.setChecked(paused)
         self.pause_button.blockSignals(False)
-        self.pause_button.setText("▶ Resume" if paused else "⏸ Pause")
+        self.pause_button.setText("Resume" if paused else "Pause")
         self.step_button.setEnabled(paused)
 
     def set_small_cache(self, on: bool) -> None:

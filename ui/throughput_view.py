@@ -175,6 +175,8 @@ class ThroughputView(QWidget):
     def _set_y_top(self, plot: pg.PlotWidget, top: float) -> None:
         if plot.getPlotItem().vb.viewRange()[1][1] != top:
             plot.setYRange(0, top, padding=0)
+            # Three labels (0, half, top): pyqtgraph's own choice crowds a chart this small.
+            plot.getAxis("left").setTicks([[(v, f"{v:g}") for v in (0, top / 2, top)], []])
 
     def _follow(self, latest: float) -> None:
         """Keep the latest time in view. Axes and grid are redrawn by pyqtgraph whenever
