@@ -9,6 +9,7 @@ the X server shows (QScreen.grabWindow), not an offscreen rendering.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
@@ -60,7 +61,9 @@ def grab(window):
     return picture
 
 
-def main(out: Path) -> None:
+@contextlib.contextmanager
+def shown_window(width: int, height: int):
+    """The app on a fresh data dir, its window shown on the bundled model: (loop, window)."""
     import qasync
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
@@ -80,12 +83,17 @@ def main(out: Path) -> None:
     asyncio.set_event_loop(loop)
     with loop, tempfile.TemporaryDirectory() as data_dir:
         window = create_window(data_dir)
-        window.resize(1480, 900)
+        window.resize(width, height)
         window.show()
+        yield loop, window
+        window.controller.shutdown()
+
+
+def main(out: Path) -> None:
+    with shown_window(1480, 900) as (loop, window):
         loop.run_until_complete(asyncio.wait_for(converse(window), 600))
         out.parent.mkdir(parents=True, exist_ok=True)
         grab(window).save(str(out))
-        window.controller.shutdown()
     print(f"saved {out}")
 
 

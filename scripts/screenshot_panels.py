@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from app.experiments import SHARED_SYSTEM_PROMPT  # noqa: E402
+from screenshot import shown_window  # noqa: E402  (scripts/ is on the path: run as a script)
 
 QUESTIONS = ("What is a page table?", "What does a cache do?")
 OTHER_SYSTEM = "You answer in three short bullet points."
@@ -67,7 +67,7 @@ async def _until(predicate, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def grab(widget, out: Path, with_tooltip: bool = False) -> None:
+def grab(widget, out: Path) -> None:
     """What the X server shows of the widget's area (a tooltip over it too)."""
     from PySide6.QtCore import QPoint
     from PySide6.QtWidgets import QApplication
@@ -77,8 +77,7 @@ def grab(widget, out: Path, with_tooltip: bool = False) -> None:
         time.sleep(0.05)
     top_left = widget.mapToGlobal(QPoint(0, 0))
     screen = widget.screen()
-    picture = screen.grabWindow(0, top_left.x(), top_left.y(), widget.width(),
-                                widget.height() + (160 if with_tooltip else 0))  # fmt: skip
+    picture = screen.grabWindow(0, top_left.x(), top_left.y(), widget.width(), widget.height())
     if picture.isNull():
         picture = widget.grab()
     picture.save(str(out))
@@ -98,36 +97,15 @@ def hover_shared_block(window) -> None:
 
 
 def main(folder: Path) -> None:
-    import qasync
-    from PySide6.QtGui import QGuiApplication
-    from PySide6.QtWidgets import QApplication
-
-    from app.paths import DESKTOP_ID, set_application_identity
-    from app.resources import app_icon
-    from app.window import create_window
-    from ui.theme import apply_theme
-
-    set_application_identity()
-    QGuiApplication.setDesktopFileName(DESKTOP_ID)
-    app = QApplication(sys.argv[:1])
-    print(f"Qt platform: {app.platformName()}")
-    app.setWindowIcon(app_icon())
-    apply_theme(app, "light")
-    loop = qasync.QEventLoop(app)
-    asyncio.set_event_loop(loop)
     folder.mkdir(parents=True, exist_ok=True)
-    with loop, tempfile.TemporaryDirectory() as data_dir:
-        window = create_window(data_dir)
-        window.resize(1900, 1150)
-        window.show()
+    with shown_window(1900, 1150) as (loop, window):
         loop.run_until_complete(asyncio.wait_for(three_sessions(window), 900))
         grab(window, folder / "panels.png")
         docks = window.docks
         grab(docks["batchTimelineDock"], folder / "panel-timeline.png")
         grab(docks["throughputDock"], folder / "panel-throughput.png")
         hover_shared_block(window)
-        grab(docks["kvCacheDock"], folder / "panel-kv-cache.png", with_tooltip=False)
-        window.controller.shutdown()
+        grab(docks["kvCacheDock"], folder / "panel-kv-cache.png")
 
 
 if __name__ == "__main__":

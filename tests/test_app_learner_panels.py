@@ -91,6 +91,18 @@ def test_grid_is_the_engines_cache_with_session_colours_and_shared_prefixes(
     text = ctrl.service.tokenizer.decode(list(snap.block_tokens(block)))
     assert len(text) == 16 and text in LONG_SYSTEM
     assert text in html.unescape(grid.tooltip_for(block))
+    # Clicking one of the second chat's own blocks frames its pane and shows its table.
+    learner.kv_view.set_snapshot(snap)
+    learner.kv_view.refresh()
+    QTest.mouseClick(grid, Qt.MouseButton.LeftButton, pos=grid.cell_rect(own_b).center())
+    assert second.pane.highlighted and not first.pane.highlighted
+    assert learner.kv_view.selected_request == second.request_id
+    # Clicking the first session in the sidebar shows its block table instead.
+    sidebar = window.sidebar
+    row = next(r for r in range(sidebar.proxy.rowCount())
+               if sidebar.proxy.index(r, 0).data(sidebar.id_role) == first.session_id)
+    sidebar.list.clicked.emit(sidebar.proxy.index(row, 0))
+    assert learner.kv_view.selected_request == first.request_id
     ctrl.service.engine.resume()
     run(qloop, asyncio.gather(first.task, second.task), 120)
     close_app(qloop, window)
