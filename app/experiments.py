@@ -100,9 +100,12 @@ async def n_samples(app, n: int = 4, prompt: str = "Invent a name for a friendly
 
 async def fill_small_cache(app, max_tokens: int = 400) -> None:
     """Four long greedy replies on 64 blocks of 16 tokens: they cannot all fit."""
-    if not app.service.small_cache:
-        await app.learner.set_small_cache(True)
     await app.service.wait_ready()
+    if not app.service.small_cache:
+        restart = app.learner.set_small_cache(True)
+        if restart is not None:
+            await restart
+        await app.service.wait_ready()
     sampling = {**GREEDY, "max_tokens": max_tokens, "ignore_eos": True}
     chats = [_open_chat(app, f"Fill the cache · {i + 1}", "", sampling)
              for i in range(len(FILL_PROMPTS))]  # fmt: skip

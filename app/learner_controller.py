@@ -70,7 +70,7 @@ class LearnerController(QObject):
         s, t = self.service, self.toolbar
         s.statsUpdated.connect(self._on_stats, Qt.ConnectionType.QueuedConnection)
         s.loaded.connect(self._engine_loaded)
-        s.restarting.connect(lambda: t.set_engine_ready(False))
+        s.restarting.connect(self._engine_restarting)
         t.pauseToggled.connect(self.set_paused)
         t.stepRequested.connect(self.step)
         t.stepDelayChanged.connect(self.set_step_delay)
@@ -140,6 +140,12 @@ class LearnerController(QObject):
         self.toolbar.set_engine_ready(True)
         engine.request_snapshot()
 
+    def _engine_restarting(self) -> None:
+        """A new engine counts its steps from 0: the timeline starts again with it."""
+        self.toolbar.set_engine_ready(False)
+        self.timeline.clear()
+        self.latest_snapshot = None
+
     def _on_stats(self, records, snapshot) -> None:
         if self.app.closed:
             return
@@ -183,7 +189,6 @@ class LearnerController(QObject):
     def set_small_cache(self, on: bool):
         if on == self.service.small_cache or self.service.engine is None:
             return None
-        self.latest_snapshot = None
         self.window.statusBar().showMessage(
             "Restarting the engine on 64 blocks of 16 tokens…" if on else
             "Restarting the engine on the cache size from the settings…", 5000)  # fmt: skip
