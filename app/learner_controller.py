@@ -53,7 +53,8 @@ class LearnerController(QObject):
     def _build_docks(self) -> None:
         w = self.window
         w.add_toolbar_below(self.toolbar)
-        right, bottom = Qt.DockWidgetArea.RightDockWidgetArea, Qt.DockWidgetArea.BottomDockWidgetArea
+        right = Qt.DockWidgetArea.RightDockWidgetArea
+        bottom = Qt.DockWidgetArea.BottomDockWidgetArea
         # The chats keep the middle: the KV cache and the charts on the right, one above the
         # other, and the timeline below the chats (it is wide, not tall).
         w.add_panel("kvCacheDock", "KV cache", self.kv_view, right)
@@ -198,7 +199,8 @@ class LearnerController(QObject):
         engine = self.service.engine
         if engine is not None:
             future = engine.reset_prefix_cache()
-            future.add_done_callback(lambda f: log.info("prefix cache reset: %s blocks", f.result()))
+            future.add_done_callback(
+                lambda f: log.info("prefix cache reset: %s blocks cleared", f.result()))
             engine.request_snapshot()
 
     def run_experiment(self, key: str):

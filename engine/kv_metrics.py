@@ -62,8 +62,9 @@ class PagedVsContiguous:
 
     def describe(self) -> str:
         mib = 2**20
-        return (f"paged: {self.paged_bytes / mib:.1f} MiB, contiguous: "
-                f"{self.contiguous_bytes / mib:.1f} MiB, {self.ratio:.1f}× more sequences fit")  # fmt: skip
+        return (f"paged: {self.paged_bytes / mib:.1f} MiB, "
+                f"contiguous: {self.contiguous_bytes / mib:.1f} MiB, "
+                f"{self.ratio:.1f}× more sequences fit")
 
 
 def paged_vs_contiguous(snap: KVSnapshot) -> PagedVsContiguous:

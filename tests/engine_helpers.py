@@ -28,3 +28,8 @@ def run_to_completion(
 def greedy(max_tokens: int) -> SamplingParams:
     """Greedy decoding of exactly max_tokens tokens (EOS does not stop it)."""
     return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def aborted_ids(kv_manager) -> list[str]:
+    """Request ids whose blocks the KV event log says were freed by an abort, in order."""
+    return [e.request_id for e in kv_manager.events if e.kind == "free" and e.detail == "abort"]

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QPlainTextEdit, QPushButton, QTextBrowser
 from app_testing import (  # noqa: F401  (fixtures)
     close_app, long_replies, open_app, qloop, run, tiny_model, until,
 )
+from engine_helpers import aborted_ids
 
 
 def type_and_send(pane, text: str) -> None:
@@ -70,7 +71,7 @@ def test_stop_aborts_frees_blocks_and_keeps_the_partial_reply(qloop, tiny_model,
     engine = window.controller.service.engine.engine
     run(qloop, until(lambda: engine.kv_manager.usage == 0, 10, "the blocks to be freed"))
     assert not engine.has_unfinished_requests()
-    assert any(e.kind == "free" and e.detail == "abort" and e.request_id == request_id for e in engine.kv_manager.events)
+    assert request_id in aborted_ids(engine.kv_manager)
     reply = chat.store.messages(chat.session_id)[-1]
     assert reply.status == "stopped" and len(reply.content) > 20
     assert reply.stats["tokens"] < 3000

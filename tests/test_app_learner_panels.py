@@ -45,8 +45,11 @@ def open_shown(loop, data_dir, model):
 async def fresh_snapshot(learner, after_step: int):
     """Wait for a snapshot taken at or after this engine step."""
     learner.service.engine.request_snapshot()
-    await until(lambda: learner.latest_snapshot is not None
-                and learner.latest_snapshot.step >= after_step, what="a fresh snapshot")  # fmt: skip
+    def fresh() -> bool:
+        snap = learner.latest_snapshot
+        return snap is not None and snap.step >= after_step
+
+    await until(fresh, what="a fresh snapshot")
     return learner.latest_snapshot
 
 

@@ -105,8 +105,11 @@ class ThroughputView(QWidget):
         layout.setSpacing(2)
         layout.addWidget(self.totals_label)
         layout.addWidget(self.readout)
-        for chart in CHARTS:
-            layout.addWidget(self._make_plot(chart), 1)
+        for i, chart in enumerate(CHARTS):
+            last = i == len(CHARTS) - 1
+            # The bottom chart also holds the time axis: more room, or its plot is squashed.
+            layout.addWidget(self._make_plot(chart), 4 if last else 3)
+        self.plots[-1].setMinimumHeight(100)
         for plot in self.plots[:-1]:  # one shared time axis: its numbers only at the bottom
             plot.getAxis("bottom").setStyle(showValues=False)
             plot.getAxis("bottom").setHeight(4)
