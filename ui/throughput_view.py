@@ -115,7 +115,12 @@ class ThroughputView(QWidget):
             plot.getAxis("bottom").setHeight(4)
         self.plots[-1].setLabel("bottom", "time since start (s)")
         self._apply_palette()
-        self._redraw()  # once, empty: pyqtgraph's lazy imports happen now, not mid-stream
+        # Once, empty, with the first ranges set: pyqtgraph's lazy imports and its first axis
+        # layouts happen now, not in the middle of the first stream.
+        self._redraw()
+        self._follow(0.0)
+        for chart, plot in zip(CHARTS, self.plots, strict=True):
+            self._set_y_top(plot, nice_ceiling(chart.y_max))
         self._redraws = 0
 
     # --- the app's API ----------------------------------------------------------------------
