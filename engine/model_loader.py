@@ -156,7 +156,8 @@ def _cached_snapshot(repo_id: str) -> Path:
     except LocalEntryNotFoundError:
         raise ModelNotFoundError(
             f"Model {repo_id!r} is not downloaded: it is neither a local path nor in the "
-            f"Hugging Face cache ({cache_dir}). Download it first."
+            f"Hugging Face cache ({cache_dir}). Download it first with "
+            f"`pagedesk download {repo_id}` (pagedesk stays offline unless asked to download)."
         ) from None
 
 

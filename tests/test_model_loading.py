@@ -118,8 +118,9 @@ def test_load_repo_id_from_the_hub_cache(tmp_path, monkeypatch, random_dir):
 
 def test_repo_id_not_downloaded(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    with pytest.raises(ModelNotFoundError, match="'someorg/absent-model' is not downloaded"):
+    with pytest.raises(ModelNotFoundError, match="'someorg/absent-model' is not downloaded") as e:
         load("someorg/absent-model")
+    assert "`pagedesk download someorg/absent-model`" in str(e.value)  # the way out, named
 
 
 # ---------------------------------------------------------------- errors
