@@ -41,6 +41,10 @@ def reply_stats(out, now: float | None = None) -> dict:
     return stats
 
 
+class ModelSwitched(Exception):
+    """The model was switched while a reply streamed: the reply stops where it was."""
+
+
 def _params_left(params, done: int):
     """The same sampling for the rest of a reply that already has `done` tokens."""
     if params.max_tokens is None:
@@ -305,7 +309,7 @@ class ChatController(QObject):
         try:
             await self._consume(prompt, params, base)
             status = "complete"
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ModelSwitched):
             status = "stopped"
         except Exception as exc:  # the engine died, or refused the request
             log.exception("reply for session %d failed", self.session_id)
@@ -331,6 +335,8 @@ class ChatController(QObject):
                 replaced = self.service.is_restarting or self.service.engine is not engine
                 if not replaced:
                     raise
+                if not self.service.restart_keeps_weights:
+                    raise ModelSwitched from None  # another model's tokens would not fit
             await self.service.wait_ready()
             out = self.last_output.outputs[0] if self.last_output is not None else None
             if out is not None:

@@ -53,6 +53,7 @@ class EngineService(QObject):
     loaded = Signal(object)  # EngineInfo
     loadFailed = Signal(str)
     restarting = Signal()  # the engine is replaced (another cache size); `loaded` follows
+    switchFailed = Signal(str)  # a model switch failed (why, in one sentence); the old one serves
     # list[StepStats] since the last emit, KVSnapshot or None (emitted in the engine thread)
     statsUpdated = Signal(object, object)
 
@@ -68,6 +69,9 @@ class EngineService(QObject):
         self._ready: asyncio.Future | None = None
         self._closed = False
         self.is_restarting = False
+        # True while a restart keeps the weights (streams may carry on with the same tokens);
+        # False for a switch to another model (streams in flight stop).
+        self.restart_keeps_weights = True
 
     @property
     def model_label(self) -> str:
@@ -103,16 +107,52 @@ class EngineService(QObject):
                 self.config_fields.pop(name, None)
             else:
                 self.config_fields[name] = value
-        old, self.engine = self.engine, None
+        old = self.engine
         loaded = old.engine.loaded if old is not None else None
+        self._retire(old, keeps_weights=True)
+        self.loadingStarted.emit(self.model_label)
+        return asyncio.ensure_future(self._load(loaded))
+
+    def _retire(self, old: Any, keeps_weights: bool) -> None:
+        """Take the engine out of service: its streams end now, and the chats wait for the
+        next one (wait_ready) or, after a switch of model, stop their replies."""
+        self.engine = None
         self.is_restarting = True
+        self.restart_keeps_weights = keeps_weights
         self.restarting.emit()
         self._ready = asyncio.get_event_loop().create_future()
         self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         if old is not None:
-            old.shutdown()  # its streams end now; the chats wait for the new engine
-        self.loadingStarted.emit(self.model_label)
-        return asyncio.ensure_future(self._load(loaded))
+            gc.unfreeze()  # what loading froze must be collectable once the engine is gone
+            old.shutdown()
+            gc.collect()
+
+    def switch_model(self, model: str | None) -> asyncio.Task:
+        """Load another model (None: the bundled one) while the current one keeps serving;
+        on success the old model and its KV cache are freed and the new engine takes over,
+        on failure the old one stays and `switchFailed` says why."""
+        return asyncio.ensure_future(self._switch(model))
+
+    async def _switch(self, model: str | None) -> bool:
+        fields = {**self.config_fields, "model": model or None}
+        label = model or BUNDLED_MODEL_NAME
+        self.loadingStarted.emit(label)
+        loop = asyncio.get_running_loop()
+        try:
+            engine, info = await loop.run_in_executor(None, build_engine, fields)
+        except Exception as exc:
+            log.exception("switching to %s failed", label)
+            self.switchFailed.emit(f"{label} did not load: {exc}")
+            if self.info is not None:
+                self.loaded.emit(self.info)  # the status bar shows the model still serving
+            return False
+        if self._closed:
+            engine.shutdown()
+            return False
+        self._retire(self.engine, keeps_weights=False)
+        self.config_fields = fields
+        self._adopt(engine, info)
+        return True
 
     def set_small_cache(self, on: bool) -> asyncio.Task:
         """The learner's preset: 64 blocks of 16 tokens, or back to the settings' size."""
@@ -136,11 +176,15 @@ class EngineService(QObject):
         if self._closed:
             engine.shutdown()
             return
+        self._adopt(engine, info)
+
+    def _adopt(self, engine: Any, info: EngineInfo) -> None:
         # The UI thread counts tokens with the engine's tokenizer, as AsyncEngine.generate
         # does with chat prompts: encoding without truncation or padding changes nothing in
         # it, so it is safe beside the engine thread's decoding.
         self.engine, self.info, self.tokenizer = engine, info, engine.tokenizer
         self.is_restarting = False
+        self.error = None
         engine.add_stats_listener(self._forward_stats)
         log.info("engine ready: %s", info)
         self.loaded.emit(info)

@@ -58,6 +58,9 @@ class AppController(QObject):
         self.service.loadingStarted.connect(status.show_loading)
         self.service.loaded.connect(self._engine_loaded)
         self.service.loadFailed.connect(status.show_failed)
+        self.service.switchFailed.connect(
+            lambda why: self.window.statusBar().showMessage(why + " The previous model still "
+                                                            "serves.", 15000))  # fmt: skip
         self.service.statsUpdated.connect(self._stats, Qt.ConnectionType.QueuedConnection)
         app = QApplication.instance()
         if app is not None:
@@ -150,6 +153,21 @@ class AppController(QObject):
     def _stats(self, records, _snapshot) -> None:
         if not self.closed and records:
             self.window.status.show_stats(records[-1])
+
+    def load_model(self, model: str | None) -> asyncio.Task:
+        """Switch the running app to another model (None: the bundled one). The sessions
+        stay; on success the choice is saved as the settings' model, on failure the
+        previous model keeps serving and the status bar says why."""
+        task = self.service.switch_model(model)
+        task.add_done_callback(lambda t: self._model_switched(t, model))
+        return task
+
+    def _model_switched(self, task: asyncio.Task, model: str | None) -> None:
+        if task.cancelled() or task.exception() is not None or not task.result() or self.closed:
+            return
+        self.settings.model = model or ""
+        save_settings(self.qsettings, self.settings)
+        self.window.statusBar().showMessage(f"Now serving {self.service.model_label}.", 8000)
 
     # ---------------------------------------------------------------- settings
     def show_settings(self) -> SettingsDialog:

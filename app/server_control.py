@@ -45,11 +45,13 @@ class ServerControl(QObject):
         self.service = service
         self.settings = settings
         self.handle = None
+        self._engine = None  # the engine the running server serves
         self.task: asyncio.Task | None = None
         available = server_module_available()
         switch.set_available(available, "" if available else
                              "this pagedesk has no OpenAI-compatible server (engine.server)")
         switch.toggled.connect(self.set_running)
+        service.loaded.connect(self._engine_loaded)
 
     @property
     def url(self) -> str | None:
@@ -58,6 +60,15 @@ class ServerControl(QObject):
     def set_running(self, on: bool) -> asyncio.Task:
         self.task = asyncio.ensure_future(self.start() if on else self.stop())
         return self.task
+
+    def _engine_loaded(self, _info) -> None:
+        """A new engine (a model switch, another cache size): serve it on the same port."""
+        if self.handle is not None and self._engine is not self.service.engine:
+            self.task = asyncio.ensure_future(self._follow_engine())
+
+    async def _follow_engine(self) -> None:
+        await self.stop()
+        await self.start()
 
     async def start(self) -> None:
         if self.handle is not None:
@@ -70,6 +81,7 @@ class ServerControl(QObject):
             settings = self.settings()
             self.handle = await _call(start_server, engine, host=HOST, port=settings.server_port,
                                       api_key=settings.server_api_key or None)  # fmt: skip
+            self._engine = engine
         except (EngineLoadError, Exception) as exc:
             log.exception("the server did not start")
             self.switch.set_stopped(f"failed: {exc}")
