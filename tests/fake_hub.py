@@ -122,8 +122,7 @@ class FakeHub:
         class Handler(_Handler):
             fake = hub
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, name="fake-hub", daemon=True).start()
         return self
 
@@ -148,6 +147,16 @@ class FakeHub:
     def _take_stall(self, path: str) -> tuple[int, threading.Event] | None:
         with self._lock:
             return self._stalls.pop(path, None)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a killed client: expected
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -288,14 +297,15 @@ class _Handler(BaseHTTPRequestHandler):
                 if step <= 0:
                     self._drop()
                     return
+            piece = body[sent:sent + step]
             try:
-                self.wfile.write(body[sent:sent + step])
+                self.wfile.write(piece)
                 self.wfile.flush()
             except OSError:  # the client went away (a cancel, a kill)
                 return
-            sent += step
+            sent += len(piece)
             with self.fake._lock:
-                self.fake.bytes_served[key] += step
+                self.fake.bytes_served[key] += len(piece)
             self._throttle(sent, began)
 
     def _throttle(self, sent: int, began: float) -> None:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from app.hub import net
 from app.hub.cache_layout import (blob_path, hub_cache_dir, link_snapshot, lock_path,
@@ -174,10 +175,9 @@ class Downloader:
                            "the bytes so far are kept, and the next download resumes.")
 
     def _url(self, file: RemoteFile) -> str:
-        from huggingface_hub import hf_hub_url
-
-        return hf_hub_url(self.plan.repo_id, file.path, revision=self.plan.commit,
-                          endpoint=net.endpoint())
+        # Built here, not with hf_hub_url: that one formats a template fixed at import time.
+        return (f"{net.endpoint()}/{self.plan.repo_id}/resolve/"
+                f"{quote(self.plan.commit, safe='')}/{quote(file.path)}")
 
     def _blob_name(self, file: RemoteFile) -> str:
         if file.etag:

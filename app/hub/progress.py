@@ -64,6 +64,7 @@ class Reporter:
 
     def start_file(self, path: str, size: int, on_disk: int) -> None:
         self.file, self.file_size, self.file_done = path, size, on_disk
+        self.tick()
 
     def advance(self, nbytes: int) -> None:
         self.file_done += nbytes

@@ -28,7 +28,6 @@ from app.hub.errors import HubError, error_for_status, is_disk_full
 from app.hub.plan import RemoteFile
 from app.hub.progress import Reporter
 
-CHUNK = 64 * 1024
 TICK_S = 0.25
 _END = object()
 _GIT_OID = re.compile(r"^[0-9a-f]{40}$")
@@ -75,8 +74,7 @@ class PartialFile:
 
     def append(self, data: bytes) -> None:
         try:
-            with open(self.path, "ab") as f:
-                f.write(data)
+            write_bytes(self.path, data)
         except OSError as exc:
             if is_disk_full(exc):
                 raise HubError("disk_full", f"The disk holding {self.path.parent} is full: free "
@@ -132,6 +130,11 @@ class PartialFile:
         with open(self.path, "rb") as f:
             while block := f.read(1 << 20):
                 self._hasher.update(block)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
 
 
 def fetch(client, url: str, headers: dict[str, str], part: PartialFile, reporter: Reporter,
@@ -213,7 +216,7 @@ def _stream(response, part: PartialFile, reporter: Reporter, stop: threading.Eve
 
 def _pump(response, chunks: queue.Queue, quit_reading: threading.Event) -> None:
     try:
-        for chunk in response.iter_raw(CHUNK):
+        for chunk in response.iter_raw():  # as received: a chunker would drop a tail
             if not _put(chunks, chunk, quit_reading):
                 return
         _put(chunks, _END, quit_reading)
