@@ -173,13 +173,15 @@ def _gguf_model(path: Path, name: str, kind: str, repo_id: str | None,
     try:
         meta = gguf_metadata(path)
     except (OSError, ValueError) as exc:
-        return LocalModel(name, repo_id, path, _file_size(path), None, None, False,
-                          f"{path.name} is not a readable GGUF file: {exc}", kind, revision)  # fmt: skip
+        why = f"{path.name} is not a readable GGUF file: {exc}"
+        return LocalModel(name, repo_id, path, _file_size(path), None, None, False, why, kind,
+                          revision)  # fmt: skip
     arch = meta.get("general.architecture")
     context = meta.get(f"{arch}.context_length")
     supported, why_not = gguf_support_status(arch)
     return LocalModel(name, repo_id, path, _file_size(path), arch,
-                      int(context) if context else None, supported, why_not, kind, revision)  # fmt: skip
+                      int(context) if context else None, supported, why_not, kind,
+                      revision)  # fmt: skip
 
 
 def _complete(path: Path) -> tuple[bool, str]:

@@ -1,0 +1,232 @@
+"""The model manager window over the fake Hub: local list, search, a chosen model's files,
+a download whose bars reach 100 %, cancel (partial bytes kept) and resume, a gated repo's
+sentence, the queue restored after a restart, and Load turned into switch_model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hub_testing import (  # noqa: F401 (fixtures)
+    TINY, WEIGHTS, fake_hub, hf_home, tiny_gguf_file, tiny_model_dir,
+)  # fmt: skip
+from PySide6.QtCore import QObject, Signal
+
+from app.model_manager_controller import ModelManagerController
+from ui.download_queue_view import STEPS
+from ui.model_manager import ModelManager
+
+GIB = 2**30
+
+
+class StubService(QObject):
+    """What the controller uses of EngineService: switch_model and two signals."""
+
+    loaded = Signal(object)
+    switchFailed = Signal(str)
+
+    def __init__(self):
+        super().__init__()
+        self.switched: list[str | None] = []
+
+    def switch_model(self, model: str | None):
+        self.switched.append(model)
+
+
+@pytest.fixture
+def manager(qtbot, tmp_path):
+    window = ModelManager()
+    qtbot.addWidget(window)
+    service = StubService()
+    controller = ModelManagerController(window, service, queue_path=tmp_path / "queue.json",
+                                        memory=(8 * GIB, "RTX Test"))  # a fixed yardstick
+    window.show()
+    yield window, controller, service
+    controller.shutdown()
+
+
+def cell(table, row: int, column: int) -> str:
+    return table.item(row, column).text()
+
+
+def column_of(table, repo_id: str) -> int:
+    rows = [r for r in range(table.rowCount()) if cell(table, r, 0) == repo_id]
+    assert rows, f"{repo_id} not listed"
+    return rows[0]
+
+
+def search(qtbot, window, text: str = "") -> None:
+    window.search.query.setText(text)
+    window.search.button.click()
+    qtbot.waitUntil(lambda: window.search.button.isEnabled(), timeout=10_000)
+
+
+def test_local_list_shows_the_bundled_model(qtbot, manager):
+    window, _controller, service = manager
+    table = window.local.table
+    qtbot.waitUntil(lambda: table.rowCount() >= 1, timeout=10_000)
+    assert cell(table, 0, 0) == "SmolLM2-135M-Instruct (bundled)"
+    assert cell(table, 0, 3) == "llama" and cell(table, 0, 4) == "8,192"
+    assert cell(table, 0, 5) == "yes"
+    window.local.select(0)
+    assert not window.local.delete_button.isEnabled()  # the bundled model cannot be deleted
+    window.local.load_button.click()
+    assert service.switched == [None]  # the engine's default
+    assert "GiB free on the" in window.memory.text()
+
+
+def test_search_lists_the_hubs_repos_with_support_and_fit(qtbot, manager, fake_hub):
+    window, _controller, _service = manager
+    search(qtbot, window)
+    table = window.search.table
+    names = {cell(table, r, 0) for r in range(table.rowCount())}
+    assert {TINY, "org/gated", "org/tiny-gguf", "bigorg/Llama-Big-70B-Instruct",
+            "someone/Mamba-Odd-1B"} <= names
+    big = column_of(table, "bigorg/Llama-Big-70B-Instruct")
+    assert cell(table, big, 1) == "70.0B" and cell(table, big, 3) == "llama3"
+    assert cell(table, big, 4) == "gated" and cell(table, big, 7) == "yes"
+    assert cell(table, big, 8) == "Too large"  # 70e9 x 2 bytes against 8 GiB
+    mamba = column_of(table, "someone/Mamba-Odd-1B")
+    assert cell(table, mamba, 7) == "no" and cell(table, mamba, 8) == "Fits"  # 1B in bf16
+    assert "no architecture pagedesk runs" in table.item(mamba, 7).toolTip()
+    assert cell(table, column_of(table, TINY), 3) == "apache-2.0"
+    # the fake Hub sorts by downloads, best first
+    assert cell(table, 0, 0) == "bigorg/Llama-Big-70B-Instruct"
+
+
+def choose(qtbot, window, repo_id: str) -> None:
+    search(qtbot, window, repo_id.split("/")[1])
+    window.search.table.selectRow(column_of(window.search.table, repo_id))
+    qtbot.waitUntil(lambda: window.files.chosen is not None or bool(window.files.support.text()),
+                    timeout=10_000)  # fmt: skip
+
+
+def test_choosing_a_model_shows_its_files_sizes_and_fit(qtbot, manager, fake_hub,
+                                                        tiny_model_dir):  # noqa: F811
+    window, _controller, _service = manager
+    choose(qtbot, window, TINY)
+    files = window.files.table
+    shown = {cell(files, r, 0): cell(files, r, 1) for r in range(files.rowCount())}
+    on_disk = {p.name: p.stat().st_size for p in tiny_model_dir.iterdir()}
+    assert set(shown) == set(on_disk)  # config, tokenizer, chat template, safetensors
+    assert shown[WEIGHTS] == f"{on_disk[WEIGHTS] / 2**20:.1f} MiB"
+    assert window.files.chosen.total_bytes == sum(on_disk.values())
+    assert f"{len(on_disk)} files" in window.files.total.text()
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert window.files.fit.text().startswith("Fits: Needs ")
+    assert config["max_position_embeddings"] == 1024
+    assert " with a 1k context; " in window.files.fit.text()
+    assert "8.0 GiB free on the RTX Test: fits." in window.files.fit.text()
+    assert not window.files.picker.isVisible()  # one weights format, no quantisation choice
+
+
+def test_download_moves_the_bars_to_100_and_offers_load(qtbot, manager, fake_hub):
+    window, controller, service = manager
+    fake_hub.rate_bps = 2_000_000  # slow enough to see the bars move (~0.7 s)
+    choose(qtbot, window, TINY)
+    window.files.download.click()
+    row = window.downloads.rows[TINY]
+    assert window.tabs.currentWidget() is window.downloads
+    qtbot.waitUntil(lambda: 0 < row.total_bar.value() < STEPS, timeout=10_000)
+    qtbot.waitUntil(lambda: row.state == "done", timeout=20_000)
+    assert row.total_bar.value() == row.total_bar.maximum() == STEPS
+    assert row.buttons["load"].isVisible() and not row.buttons["cancel"].isVisible()
+    assert controller.queue.get(TINY).state == "done"
+    row.buttons["load"].click()
+    assert service.switched == [TINY]
+    table = window.local.table
+    qtbot.waitUntil(lambda: any(cell(table, r, 0) == TINY for r in range(table.rowCount())),
+                    timeout=10_000)  # fmt: skip
+    assert cell(table, column_of(table, TINY), 5) == "yes"
+
+
+def test_cancel_keeps_the_partial_bytes_and_resume_finishes(qtbot, manager, fake_hub, hf_home):
+    window, controller, _service = manager
+    release = fake_hub.stall(WEIGHTS, after_bytes=300_000)
+    choose(qtbot, window, TINY)
+    window.files.download.click()
+    row = window.downloads.rows[TINY]
+    qtbot.waitUntil(lambda: row.file_label.text().startswith(WEIGHTS) and
+                    row.file_bar.value() > 0, timeout=10_000)  # fmt: skip
+    # stalled: the speed readout falls to 0 instead of freezing on the last number
+    qtbot.waitUntil(lambda: row.speed.text().startswith("0 B/s"), timeout=8_000)
+    row.buttons["cancel"].click()
+    qtbot.waitUntil(lambda: row.state == "cancelled", timeout=10_000)
+    assert controller.queue.get(TINY).state == "cancelled"
+    partial = list((hf_home / "hub").rglob("*.pagedesk-partial"))
+    assert partial and partial[0].stat().st_size >= 300_000
+    release.set()
+    row.buttons["resume"].click()
+    qtbot.waitUntil(lambda: row.state == "done", timeout=20_000)
+    assert row.total_bar.value() == STEPS
+    resumed = fake_hub.file_requests(WEIGHTS)[-1]
+    assert resumed["range"].startswith("bytes=") and int(resumed["range"][6:].split("-")[0]) \
+        >= 300_000  # resumed from the kept bytes, not restarted  # fmt: skip
+
+
+def test_a_gated_repo_says_why(qtbot, manager, fake_hub):
+    window, _controller, _service = manager
+    choose(qtbot, window, "org/gated")
+    qtbot.waitUntil(lambda: window.message.isVisible(), timeout=10_000)
+    text = window.message.text()
+    assert text.startswith("org/gated needs a Hugging Face login") and "HF_TOKEN" in text
+    assert window.files.support.text() == text and not window.files.download.isEnabled()
+
+
+def test_a_failed_download_shows_its_sentence_and_retry(qtbot, manager, fake_hub):
+    window, controller, _service = manager
+    controller.download("org/does-not-exist")
+    row = window.downloads.rows["org/does-not-exist"]
+    qtbot.waitUntil(lambda: row.state == "failed", timeout=10_000)
+    assert "was not found on the Hub" in row.error.text() and row.error.isVisible()
+    assert row.buttons["retry"].isVisible()
+    assert controller.queue.get("org/does-not-exist").error == row.error.text()
+    assert window.message.text() == row.error.text()
+
+
+def test_the_queue_is_restored_after_a_restart(qtbot, tmp_path, hf_home):
+    queue = tmp_path / "queue.json"
+    jobs = [{"repo_id": "org/a", "state": "downloading", "done": 500, "total": 1000},
+            {"repo_id": "org/b", "state": "failed", "error": "org/b was not found on the Hub."},
+            {"repo_id": "org/c", "state": "done", "done": 10, "total": 10}]
+    queue.write_text(json.dumps({"version": 1, "jobs": jobs}))
+    window = ModelManager()
+    qtbot.addWidget(window)
+    controller = ModelManagerController(window, None, queue_path=queue)
+    rows = window.downloads.rows
+    assert rows["org/a"].state == "paused" and rows["org/a"].total_bar.value() == STEPS // 2
+    assert rows["org/b"].state == "failed" and "not found" in rows["org/b"].error.text()
+    done = rows["org/c"]
+    assert done.state == "done" and done.buttons["load"].isVisibleTo(done)
+    rows["org/b"].buttons["remove"].click()
+    assert "org/b" not in window.downloads.rows and controller.queue.get("org/b") is None
+    controller.shutdown()
+
+
+def test_delete_asks_first_then_frees_the_repo(qtbot, manager, fake_hub, hf_home):
+    window, controller, _service = manager
+    controller.download(TINY)
+    qtbot.waitUntil(lambda: window.downloads.rows[TINY].state == "done", timeout=20_000)
+    table = window.local.table
+    qtbot.waitUntil(lambda: any(cell(table, r, 0) == TINY for r in range(table.rowCount())),
+                    timeout=10_000)  # fmt: skip
+    window.local.select(column_of(table, TINY))
+    window.local.delete_button.click()
+    box = window.local.confirm
+    assert box is not None and box.isVisible() and TINY in box.text()
+    assert (hf_home / "hub" / "models--org--tiny").exists()  # nothing deleted before the answer
+    box.button(box.StandardButton.Yes).click()
+    qtbot.waitUntil(lambda: not (hf_home / "hub" / "models--org--tiny" / "snapshots").exists(),
+                    timeout=10_000)  # fmt: skip
+    qtbot.waitUntil(lambda: all(cell(table, r, 0) != TINY for r in range(table.rowCount())),
+                    timeout=10_000)  # fmt: skip
+    assert window.message.text().startswith(f"Deleted {TINY}: ")
+
+
+def test_grab_renders(qtbot, manager, fake_hub, tmp_path):
+    window, _controller, _service = manager
+    choose(qtbot, window, TINY)
+    image = window.grab()
+    assert not image.isNull() and image.width() > 500
+    image.save(str(Path(tmp_path) / "model_manager.png"))
