@@ -1,9 +1,14 @@
-"""`pagedesk` / `python -m app`: the desktop app; `pagedesk demo` / `pagedesk serve`: headless."""
+"""`pagedesk` / `python -m app`: the desktop app; `pagedesk demo` / `serve` / `download` /
+`models` / `rm`: headless."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+
+# Hub downloads and the local model list (light to import; app.hub imports no Qt).
+from app.model_cli import COMMANDS as MODEL_COMMANDS
+from app.model_cli import add_model_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.server.cli import add_serve_arguments
 
     add_serve_arguments(sub.add_parser("serve", help="serve the OpenAI-compatible API (like vllm serve)"))
+    add_model_commands(sub)
     return parser
 
 
@@ -37,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger().setLevel(args.log_level.upper())
         run_serve(args)
         return
+    if args.command in MODEL_COMMANDS:
+        from app.model_cli import run_model_command
+
+        raise SystemExit(run_model_command(args))
     if args.install_desktop:
         from app.desktop_entry import install_desktop_entry
 

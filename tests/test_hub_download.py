@@ -165,6 +165,9 @@ def test_cancel_keeps_the_bytes_and_resume_continues(fake_hub, tiny_model_dir):
         loader.run(on_progress=on_progress, stop=stop)
     assert err.value.kind == "cancelled" and seen[-1].state == "cancelled"
     assert downloaded_snapshot(TINY) is None
+    from huggingface_hub import scan_cache_dir
+
+    assert scan_cache_dir().warnings == []  # a half-done download is no corrupt repo
     fake_hub.rate_bps = None
     snapshot, again, _ = download()
     assert again.bytes_fetched() <= loader.plan.total_bytes - 400_000
@@ -291,3 +294,16 @@ def test_a_partial_of_another_version_is_not_appended_to(fake_hub, tiny_model_di
     snapshot = Downloader(plan).run()
     assert sha256_of(snapshot / WEIGHTS) == sha256_of(tiny_model_dir / WEIGHTS)
     assert fake_hub.file_requests(WEIGHTS)[0]["range"] is None
+
+
+def test_leftovers_of_an_unfinished_download_can_be_removed(fake_hub, monkeypatch):
+    from app.hub.cache_layout import remove_leftovers
+
+    fake_hub.corrupt.add(WEIGHTS)  # every small file lands, the weights never do
+    with pytest.raises(HubError):
+        download()
+    partial = partial_path(storage_dir(TINY), fake_hub.repos[TINY].etag(WEIGHTS))
+    partial.write_bytes(b"x" * 5000)
+    assert remove_leftovers(TINY) >= 5000
+    assert not partial.exists() and not (storage_dir(TINY) / ".pagedesk").exists()
+    assert (storage_dir(TINY) / "snapshots").is_dir()  # the finished files stay

@@ -150,3 +150,27 @@ def _foreign_snapshot_ok(snapshot: Path) -> bool:
     if any(not p.exists() for p in files):  # a broken symlink: its blob is gone
         return False
     return any(p.name == "config.json" or p.suffix == ".gguf" for p in files)
+
+
+def remove_leftovers(repo_id: str, cache_dir: str | os.PathLike | None = None) -> int:
+    """Delete what only pagedesk writes for repo_id (partial bytes, manifests), and the repo
+    folder itself once no snapshot is left in it; returns the bytes freed."""
+    storage = storage_dir(repo_id, cache_dir)
+    if not storage.is_dir():
+        return 0
+    snapshots = storage / "snapshots"
+    if not snapshots.is_dir() or not any(snapshots.iterdir()):
+        freed = _tree_size(storage)
+        shutil.rmtree(storage, ignore_errors=True)
+        return freed
+    freed = 0
+    for path in [*(storage / "blobs").glob(f"*{PARTIAL_SUFFIX}*"), storage / MANIFEST_DIR]:
+        freed += _tree_size(path)
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return freed
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file() and not path.is_symlink():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())

@@ -85,6 +85,8 @@ class Downloader:
         net.refuse_if_offline()
         reporter.done = sum(self._on_disk(f) for f in self.plan.files)
         self._check_space(reporter.done)
+        # An empty snapshots/ from the start: the scanner then never warns about this folder.
+        (self.storage / "snapshots").mkdir(parents=True, exist_ok=True)
         self._write_manifest(complete=False)
         reporter.emit("downloading")
         with net.http.Client(follow_redirects=True, timeout=net.http.Timeout(
