@@ -50,6 +50,9 @@ def test_download_lands_in_the_hf_cache_and_loads_offline(fake_hub, tiny_model_d
     assert try_to_load_from_cache(TINY, "config.json") == str(snapshot / "config.json")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert Path(snapshot_download(TINY, local_files_only=True)) == snapshot
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert download()[1].bytes_fetched() == 0  # all there already: nothing fetched again
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert generate(TINY) == generate(str(tiny_model_dir))  # by repo id, offline
 
 
@@ -188,6 +191,21 @@ def test_speed_falls_to_zero_in_a_stall(fake_hub):
     assert seen[-1][1].state == "done"
     same_state = [b - a for (a, p), (b, q) in zip(seen, seen[1:]) if p.state == q.state]
     assert min(same_state) > 0.09  # at most ~10 reports a second between state changes
+
+
+def test_stop_is_honoured_at_once_in_a_stall(fake_hub):
+    release = fake_hub.stall(WEIGHTS, after_bytes=200_000)
+    stop, stalled_at = threading.Event(), []
+
+    def on_progress(p):
+        if p.file_done == 200_000 and not stalled_at:
+            stalled_at.append(time.monotonic())
+            threading.Timer(0.3, stop.set).start()
+
+    with pytest.raises(HubError, match="cancelled"):
+        Downloader(plan_download(TINY)).run(on_progress=on_progress, stop=stop)
+    assert time.monotonic() - stalled_at[0] < 1.5  # not the 30 s read timeout
+    release.set()
 
 
 @pytest.mark.parametrize("repo_id, token, kind, words", [

@@ -202,6 +202,7 @@ def _stream(response, part: PartialFile, reporter: Reporter, stop: threading.Eve
             if item is None:
                 reporter.tick()  # no bytes: the speed readout decays to 0
             elif item is _END:
+                reader.join(timeout=1)  # ends now: the connection goes back to the pool
                 return
             elif isinstance(item, BaseException):
                 raise item
@@ -210,8 +211,24 @@ def _stream(response, part: PartialFile, reporter: Reporter, stop: threading.Eve
                 reporter.advance(len(item))
     finally:
         quit_reading.set()
-        response.close()  # unblocks a reader waiting on a stalled socket
-        reader.join(timeout=2)
+        if reader.is_alive():
+            _shutdown_socket(response)  # wakes a reader blocked on a stalled socket
+        response.close()
+        reader.join(timeout=1)
+
+
+def _shutdown_socket(response) -> None:
+    """Shut the connection's socket down: closing it from this thread would not wake a
+    read blocked in another (httpcore's documented `network_stream` extension)."""
+    import socket
+
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _pump(response, chunks: queue.Queue, quit_reading: threading.Event) -> None:
