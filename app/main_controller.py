@@ -53,6 +53,7 @@ class AppController(QObject):
         self.sessions.dataChanged.connect(self._titles_changed)
         self.window.broadcastRequested.connect(self.broadcast)
         self.window.settingsRequested.connect(self.show_settings)
+        self.window.modelsRequested.connect(self.show_model_manager)
         self.window.closing.connect(self.shutdown)
         status = self.window.status
         self.service.loadingStarted.connect(status.show_loading)
@@ -168,6 +169,26 @@ class AppController(QObject):
         self.settings.model = model or ""
         save_settings(self.qsettings, self.settings)
         self.window.statusBar().showMessage(f"Now serving {self.service.model_label}.", 8000)
+
+    # ---------------------------------------------------------------- model manager
+    def show_model_manager(self):
+        """The model manager window, made on first use (its Hub code is imported then),
+        non-modal; its Load goes through load_model, so the choice is saved."""
+        manager = getattr(self, "model_manager", None)
+        if manager is None:
+            from app.model_manager_controller import ModelManagerController
+            from ui.model_manager import ModelManager
+
+            manager = ModelManager(self.window)
+            controller = ModelManagerController(
+                manager, self.service, qsettings=self.qsettings,
+                queue_path=self.data_dir / "downloads.json", load_fn=self.load_model)
+            self.window.closing.connect(controller.shutdown)  # running downloads pause
+            self.model_manager = manager
+        manager.show()
+        manager.raise_()
+        manager.activateWindow()
+        return manager
 
     # ---------------------------------------------------------------- settings
     def show_settings(self) -> SettingsDialog:

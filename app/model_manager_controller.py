@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, QSettings, Qt, Signal
-from PySide6.QtWidgets import QApplication
 
 from app import model_manager_search as search
 from app.hub.cache_layout import downloaded_snapshot, hub_cache_dir
@@ -38,16 +37,19 @@ class ModelManagerController(QObject):
     def __init__(self, window: ModelManager, service: Any = None, *, queue_path: str | Path,
                  cache_dir: str | Path | None = None, token: str | bool | None = None,
                  qsettings: QSettings | None = None, memory: tuple[int, str] | None = None,
+                 load_fn: Callable[[str | None], Any] | None = None,
                  search_fn: Callable[..., list] = search.hub_search,
                  parent: QObject | None = None):  # fmt: skip
         super().__init__(parent or window)
         self.setObjectName("modelManagerController")
         self.window, self.service, self.qsettings = window, service, qsettings
         self.cache_dir, self.token, self.search_fn = cache_dir, token, search_fn
+        # AppController.load_model also saves the choice; else the service's switch_model
+        self.load_fn = load_fn or getattr(service, "switch_model", None)
         self.queue = DownloadQueue(queue_path)
         self.memory = memory  # (free bytes, device name): measured once, unless given
         self.listed: dict[str, Any] = {}  # the last search's rows, by repo id
-        self._search_serial = self._choose_serial = 0
+        self._search_serial = self._choose_serial = self._local_serial = 0
         self._stops: dict[str, threading.Event] = {}  # running downloads
         self._intent: dict[str, str] = {}  # what a stop means: "paused" or "cancelled"
         self.closed = False
@@ -73,9 +75,6 @@ class ModelManagerController(QObject):
             signal = getattr(self.service, name, None)
             if signal is not None:
                 signal.connect(slot)
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self.shutdown)
 
     # ---------------------------------------------------------------- threads
     def _in_thread(self, work: Callable[[], Any], done: Callable[[Any], None],
@@ -107,7 +106,9 @@ class ModelManagerController(QObject):
     def extra_paths(self) -> list[str]:
         if self.qsettings is None:
             return list(getattr(self, "_extra", []))
-        return [str(p) for p in (self.qsettings.value(EXTRA_PATHS_KEY) or [])]
+        value = self.qsettings.value(EXTRA_PATHS_KEY) or []
+        # QSettings gives a one-item list back as a plain string
+        return [value] if isinstance(value, str) else [str(p) for p in value]
 
     def _set_extra_paths(self, paths: list[str]) -> None:
         if self.qsettings is None:
@@ -117,15 +118,19 @@ class ModelManagerController(QObject):
 
     def refresh_local(self) -> None:
         cache, extra = hub_cache_dir(self.cache_dir), self.extra_paths()
+        self._local_serial += 1
+        serial = self._local_serial
 
         def work():
             memory = self._memory()
-            return list_local_models(cache, extra), memory
+            return serial, list_local_models(cache, extra), memory
 
         self._in_thread(work, self._show_local)
 
     def _show_local(self, value) -> None:
-        models, (free, device) = value
+        serial, models, (free, device) = value
+        if serial != self._local_serial:  # an older scan finishing late must not win
+            return
         self.window.local.set_models(models)
         self.window.set_memory(f"{fit_estimate.format_bytes(free)} free on the {device} "
                                "(what fit estimates are measured against).")  # fmt: skip
@@ -151,13 +156,12 @@ class ModelManagerController(QObject):
 
     def load(self, target: str) -> None:
         """Load a model into the running engine; "" is the bundled default."""
-        switch = getattr(self.service, "switch_model", None)
-        if switch is None:
+        if self.load_fn is None:
             self.window.show_error("This window has no engine to load the model into.")
             return
         self.window.show_info(f"Loading {target or 'the bundled model'}… the current model "
                               "keeps serving until the new one is ready.")  # fmt: skip
-        switch(target or None)
+        self.load_fn(target or None)
 
     def _model_loaded(self, info: Any) -> None:
         if self.window.isVisible():
@@ -299,7 +303,9 @@ class ModelManagerController(QObject):
             self.load(job.repo_id if job.revision == "main" else str(snapshot))
 
     def shutdown(self) -> None:
-        """Stop running downloads (their bytes stay; the queue resumes them as paused)."""
+        """Stop running downloads (their bytes stay; the queue resumes them as paused).
+        The app calls it when its main window closes (not on aboutToQuit, which qasync
+        emits each time a run_until_complete ends)."""
         for repo_id, stop in list(self._stops.items()):
             self._intent[repo_id] = "paused"
             stop.set()

@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from app_testing import qloop, tiny_model  # noqa: F401 (fixtures)
 from hub_testing import (  # noqa: F401 (fixtures)
     TINY, WEIGHTS, fake_hub, hf_home, tiny_gguf_file, tiny_model_dir,
 )  # fmt: skip
 from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QAction
 
 from app.model_manager_controller import ModelManagerController
 from ui.download_queue_view import STEPS
@@ -230,3 +232,32 @@ def test_grab_renders(qtbot, manager, fake_hub, tmp_path):
     image = window.grab()
     assert not image.isNull() and image.width() > 500
     image.save(str(Path(tmp_path) / "model_manager.png"))
+
+
+def test_opened_from_the_main_window_and_load_switches_the_engine(qloop, tmp_path, tiny_model):
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    from app_testing import close_app, open_app, run, until
+
+    window = open_app(qloop, tmp_path / "data", tiny_model)
+    try:
+        ctrl = window.controller
+        window.findChild(QAction, "modelsAction").trigger()
+        manager = ctrl.model_manager
+        assert manager.objectName() == "modelManager" and manager.isVisible()
+        assert not manager.isModal()
+        manager.hide()
+        QTest.mouseClick(window.status.model, Qt.MouseButton.LeftButton)
+        assert manager.isVisible() and ctrl.show_model_manager() is manager  # one window
+        local = manager.local
+        run(qloop, until(lambda: local.table.rowCount() >= 1, 20, "the local list"))
+        local.addRequested.emit(str(tiny_model))  # as the file dialog would
+        run(qloop, until(lambda: any(m.kind == "folder" for m in local.models), 20, "folder"))
+        local.select(next(i for i, m in enumerate(local.models) if m.kind == "folder"))
+        local.load_button.click()
+        run(qloop, until(lambda: ctrl.service.is_ready and ctrl.settings.model == str(tiny_model),
+                         60, "the switch"))  # fmt: skip
+        assert ctrl.qsettings.value("models/extra_paths") == [str(tiny_model)]
+    finally:
+        close_app(qloop, window)

@@ -3,9 +3,22 @@ and a live line of what the engine is doing (from StepStats)."""
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar
 
 from engine import StepStats
+
+
+class ClickableLabel(QLabel):
+    """The model label: a click opens the model manager."""
+
+    clicked = Signal()
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            self.clicked.emit()
+        super().mouseReleaseEvent(event)
 
 
 class EngineStatus:
@@ -15,7 +28,10 @@ class EngineStatus:
         self.progress.setRange(0, 0)  # busy: loading time is not predictable
         self.progress.setMaximumWidth(140)
         self.progress.hide()
-        self.model = self._label(bar, "modelLabel", "no model")
+        self.model = ClickableLabel("no model", bar)
+        self.model.setObjectName("modelLabel")
+        self.model.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.model.setToolTip("Click to manage models")
         self.device = self._label(bar, "deviceLabel")
         self.backend = self._label(bar, "backendLabel")
         self.kv = self._label(bar, "kvLabel")

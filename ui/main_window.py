@@ -22,6 +22,7 @@ MAX_PANES = 6
 class MainWindow(QMainWindow):
     broadcastRequested = Signal(str)
     settingsRequested = Signal()
+    modelsRequested = Signal()  # the Models… button or a click on the status bar's model
     closing = Signal()
 
     def __init__(self, session_model: QAbstractItemModel, id_role: int,
@@ -40,6 +41,7 @@ class MainWindow(QMainWindow):
         self.empty_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.server_switch = ServerSwitch(self)
         self.status = EngineStatus(self.statusBar())
+        self.status.model.clicked.connect(self.modelsRequested)
         self.view_menu = self.menuBar().addMenu("&View")
         self.view_menu.setObjectName("viewMenu")
         self.docks: dict[str, QDockWidget] = {}
@@ -74,6 +76,10 @@ class MainWindow(QMainWindow):
         toolbar = QToolBar("Main", self)
         toolbar.setObjectName("mainToolbar")
         toolbar.setMovable(False)
+        models = QAction("Models…", self)
+        models.setObjectName("modelsAction")
+        models.triggered.connect(self.modelsRequested)
+        toolbar.addAction(models)
         settings = QAction("Settings…", self)
         settings.setObjectName("settingsAction")
         settings.triggered.connect(self.settingsRequested)

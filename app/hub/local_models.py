@@ -141,7 +141,8 @@ def _from_path(path: Path) -> list[LocalModel]:
         ggufs = sorted(path.glob("*.gguf"))
         if ggufs:
             return [_gguf_model(p, p.name, "gguf", None) for p in ggufs]
-    size = _tree_size(path) if path.is_dir() else 0
+    # Not a model folder: no walk of what may be a whole home directory.
+    size = _tree_size(path) if (path / "config.json").is_file() else 0
     return [_folder_model(path, None, "folder", path.name, size)]
 
 
