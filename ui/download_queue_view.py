@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout, QWidget,
 )  # fmt: skip
 
-from ui.model_types import human_bytes
+from ui.model_types import error_colour, human_bytes
 
 STEPS = 1000  # progress bars count in permille: byte counts overflow Qt's int
 RUNNING = ("queued", "downloading", "retrying", "verifying")
@@ -59,7 +59,7 @@ class DownloadRow(QFrame):
         self.total_bar = self._bar("totalProgress")
         self.speed = self._label("", "downloadSpeed")
         self.error = self._label("", "downloadError")
-        self.error.setStyleSheet("color: #c62828;")
+        self.error.setStyleSheet(f"color: {error_colour(self)};")
         self.error.setWordWrap(True)
         self.error.hide()
         self.buttons = {name: self._button(name) for name in ACTION_LABELS}
@@ -123,6 +123,8 @@ class DownloadRow(QFrame):
         self.file_label.setText(f"{p.file}  {human_bytes(p.file_done)} / "
                                 f"{human_bytes(p.file_size)}" if p.file else "")  # fmt: skip
         self.file_bar.setValue(permille(p.file_done, p.file_size))
+        self.file_label.setVisible(bool(p.file))
+        self.file_bar.setVisible(bool(p.file))
         self.total_bar.setValue(STEPS if p.state == "done" else permille(p.done, p.total))
         self.total_bar.setToolTip(f"{human_bytes(p.done)} of {human_bytes(p.total)}")
         self.set_state(p.state, p.message)

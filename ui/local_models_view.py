@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )  # fmt: skip
 
-from ui.model_types import human_bytes
+from ui.model_types import error_colour, human_bytes
 
 COLUMNS = ("Model", "Kind", "Size on disk", "Architecture", "Context", "Runs here")
 KIND_LABELS = {"hf-cache": "HF cache", "bundled": "bundled", "folder": "folder", "gguf": "GGUF"}
@@ -64,10 +64,13 @@ class LocalModelsView(QWidget):
         table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         table.verticalHeader().hide()
         table.setAlternatingRowColors(True)
+        table.setWordWrap(False)
+        table.setTextElideMode(Qt.TextElideMode.ElideRight)
         header = table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for column in range(1, len(COLUMNS)):
+        for column in range(len(COLUMNS) - 1):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        # the reason a model does not run can be long: elided here, whole in the tooltip
+        header.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
         table.itemSelectionChanged.connect(self._selection_changed)
         table.doubleClicked.connect(self._load_selected)
         return table
@@ -100,7 +103,7 @@ class LocalModelsView(QWidget):
         verdict = self.table.item(row, 5)
         if not model.supported:
             verdict.setText(f"no: {model.why_not}")
-            verdict.setForeground(QColor("#c62828"))
+            verdict.setForeground(QColor(error_colour(self)))
 
     def selected(self) -> Any | None:
         rows = self.table.selectionModel().selectedRows()

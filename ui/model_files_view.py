@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (
     QTableWidgetItem, QVBoxLayout, QWidget,
 )  # fmt: skip
 
-from ui.model_types import FIT_LEVELS, ChosenModel, human_bytes
+from ui.model_types import ChosenModel, error_colour, fit_style, human_bytes
 
 
 class ModelFilesView(QWidget):
@@ -90,7 +90,7 @@ class ModelFilesView(QWidget):
     def set_failed(self, repo_id: str, sentence: str) -> None:
         self.clear(repo_id)
         self.support.setText(sentence)
-        self.support.setStyleSheet("color: #c62828;")
+        self.support.setStyleSheet(f"color: {error_colour(self)};")
 
     def set_chosen(self, chosen: ChosenModel) -> None:
         self.chosen = chosen
@@ -119,13 +119,13 @@ class ModelFilesView(QWidget):
         self.picker_label.setVisible(visible)
 
     def _show_fit(self, chosen: ChosenModel) -> None:
-        word, colour = FIT_LEVELS.get(chosen.fit_level or "", ("", ""))
+        word, colour = fit_style(chosen.fit_level, self)
         sentence = chosen.fit_sentence
-        self.fit.setText(f"{word}: {sentence[:1].upper()}{sentence[1:]}" if word else sentence)
+        self.fit.setText(f"{word}: {sentence}" if colour else sentence)
         self.fit.setStyleSheet(f"color: {colour};" if colour else "")
         if chosen.supported is False:
             self.support.setText(f"pagedesk cannot run this model: {chosen.why_not}")
-            self.support.setStyleSheet("color: #c62828;")
+            self.support.setStyleSheet(f"color: {error_colour(self)};")
         else:
             self.support.setText("")
             self.support.setStyleSheet("")

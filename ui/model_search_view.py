@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )  # fmt: skip
 
-from ui.model_types import FIT_LEVELS, SearchRow, human_bytes, human_count
+from ui.model_types import SearchRow, error_colour, fit_style, human_bytes, human_count
 
 SORTS = {"downloads": "Most downloaded", "likes": "Most liked", "trending_score": "Trending"}
 FORMATS = {"safetensors": "Safetensors", "gguf": "GGUF", "": "Any format"}
@@ -94,7 +94,7 @@ class ModelSearchView(QWidget):
 
     def _fill(self, index: int, row: SearchRow) -> None:
         runs = {True: "yes", False: "no", None: "?"}[row.supported]
-        level, colour = FIT_LEVELS.get(row.fit_level or "", ("—", None))
+        level, colour = fit_style(row.fit_level, self)
         cells = (row.repo_id, human_count(row.parameters), human_bytes(row.size_bytes),
                  row.license or "—", "gated" if row.gated else "", human_count(row.downloads),
                  human_count(row.likes), runs, level)  # fmt: skip
@@ -105,7 +105,7 @@ class ModelSearchView(QWidget):
             self.table.setItem(index, column, item)
         self.table.item(index, 7).setToolTip(row.why_not or "Supported by pagedesk's engine.")
         if row.supported is False:
-            self.table.item(index, 7).setForeground(QColor("#c62828"))
+            self.table.item(index, 7).setForeground(QColor(error_colour(self)))
         fit = self.table.item(index, 8)
         fit.setToolTip(row.fit_sentence)
         if colour:

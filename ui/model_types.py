@@ -5,13 +5,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Fit levels (engine.fit_estimate) -> the words and colour the lists show, like LM Studio's
-# "full GPU offload possible / likely fits / likely too large".
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import QWidget
+
+# Fit levels (engine.fit_estimate) -> the words and colours (light theme, dark theme) the
+# lists show, like LM Studio's "full GPU offload possible / likely fits / likely too large".
 FIT_LEVELS = {
-    "fits": ("Fits", "#2e7d32"),
-    "tight": ("May fit", "#b26a00"),
-    "too_large": ("Too large", "#c62828"),
+    "fits": ("Fits", "#2e7d32", "#81c784"),
+    "tight": ("May fit", "#b26a00", "#ffb74d"),
+    "too_large": ("Too large", "#c62828", "#ef6b6b"),
 }
+
+
+def is_dark(widget: QWidget) -> bool:
+    return widget.palette().color(QPalette.ColorRole.Window).lightness() < 128
+
+
+def fit_style(level: str | None, widget: QWidget) -> tuple[str, str]:
+    """(word, colour) for a fit level; ("—", "") when there is no estimate."""
+    if level not in FIT_LEVELS:
+        return "—", ""
+    word, light, dark = FIT_LEVELS[level]
+    return word, dark if is_dark(widget) else light
+
+
+def error_colour(widget: QWidget) -> str:
+    """Red that reads on the widget's background: darker on light themes, lighter on dark."""
+    return "#ef6b6b" if is_dark(widget) else "#c62828"
 
 
 @dataclass(frozen=True, slots=True)
