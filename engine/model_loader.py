@@ -123,9 +123,11 @@ def _model_in(path: Path) -> Path:
         if path.suffix == ".gguf":
             return path
         raise ValueError(f"{path} is not a model: expected a .gguf file or a model directory.")
-    if (path / "config.json").is_file():
-        return path
     ggufs = sorted(path.glob("*.gguf"))
+    # A GGUF download keeps the repo's config.json and tokenizer beside its .gguf: with no
+    # safetensors there, the .gguf is the model.
+    if (path / "config.json").is_file() and (any(path.glob("*.safetensors")) or not ggufs):
+        return path
     if len(ggufs) == 1:
         return ggufs[0]
     if ggufs:

@@ -186,6 +186,12 @@ def test_gguf_directory_resolution(tmp_path):
     with pytest.raises(ValueError, match="several GGUF files"):
         resolve_model(str(tmp_path / "one"))
     assert resolve_model(None) == (DEFAULT_MODEL_NAME, GGUF_DIR / GGUF_NAME)
+    # A GGUF download: the repo's config.json and tokenizer beside one .gguf, no safetensors.
+    (tmp_path / "one" / "other.gguf").unlink()
+    (tmp_path / "one" / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path / "one")) == expected
+    (tmp_path / "one" / "model.safetensors").write_bytes(b"")
+    assert resolve_model(str(tmp_path / "one"))[1] == tmp_path / "one"  # safetensors win
 
 
 def test_sliding_window_caps_the_context():
