@@ -14,7 +14,7 @@ import pytest
 
 from app.hub import Downloader, HubError, downloaded_snapshot, plan_download
 from app.hub import downloader as downloader_module
-from app.hub.cache_layout import partial_path, storage_dir
+from app.hub.cache_layout import hub_cache_dir, partial_path, storage_dir
 from app.hub.plan import RemoteFile, select_files
 from hub_testing import GATED_TOKEN, TINY, WEIGHTS, fake_hub, hf_home, sha256_of  # noqa: F401
 from hub_testing import tiny_gguf_file, tiny_model_dir  # noqa: F401
@@ -44,7 +44,7 @@ def test_download_lands_in_the_hf_cache_and_loads_offline(fake_hub, tiny_model_d
     assert (snapshot / WEIGHTS).is_symlink() and not os.path.isabs(os.readlink(snapshot / WEIGHTS))
     assert loader.bytes_fetched() == loader.plan.total_bytes
     assert seen[-1].state == "done" and seen[-1].done == seen[-1].total
-    scan = scan_cache_dir()
+    scan = scan_cache_dir(hub_cache_dir())  # huggingface_hub binds its default at import
     assert scan.warnings == [] and [r.repo_id for r in scan.repos] == [TINY]
     assert downloaded_snapshot(TINY) == snapshot
     assert try_to_load_from_cache(TINY, "config.json") == str(snapshot / "config.json")
@@ -170,7 +170,7 @@ def test_cancel_keeps_the_bytes_and_resume_continues(fake_hub, tiny_model_dir):
     assert downloaded_snapshot(TINY) is None
     from huggingface_hub import scan_cache_dir
 
-    assert scan_cache_dir().warnings == []  # a half-done download is no corrupt repo
+    assert scan_cache_dir(hub_cache_dir()).warnings == []  # a half-done download is no corrupt repo
     fake_hub.rate_bps = None
     snapshot, again, _ = download()
     assert again.bytes_fetched() <= loader.plan.total_bytes - 400_000

@@ -74,7 +74,9 @@ def delete_model(repo_id: str, cache_dir: str | Path | None = None) -> int:
     when the repo is not in the cache."""
     from huggingface_hub import scan_cache_dir
 
-    info = scan_cache_dir(cache_dir)
+    from app.hub.cache_layout import hub_cache_dir
+
+    info = scan_cache_dir(hub_cache_dir(cache_dir))  # the env as it is now, not at import
     repo = next((r for r in info.repos if r.repo_id == repo_id and r.repo_type == "model"), None)
     if repo is None:
         raise KeyError(f"{repo_id} is not in the Hugging Face cache.")
@@ -98,8 +100,10 @@ def _cached(cache_dir: str | Path | None) -> list[LocalModel]:
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
+    from app.hub.cache_layout import hub_cache_dir
+
     try:
-        info = scan_cache_dir(cache_dir)
+        info = scan_cache_dir(hub_cache_dir(cache_dir))  # the env as it is now
     except CacheNotFound:
         return []
     models: list[LocalModel] = []
