@@ -17,8 +17,9 @@ from PySide6.QtCore import QObject, QSettings, Qt, Signal
 from app import model_manager_search as search
 from app.hub.cache_layout import downloaded_snapshot, hub_cache_dir
 from app.hub.downloader import Downloader
-from app.hub.errors import HubError
-from app.hub.local_models import delete_model, list_local_models
+from app.hub import net
+from app.hub.errors import HubError, offline
+from app.hub.local_models import delete_model, list_local_models, model_config
 from app.hub.plan import plan_download
 from app.hub.queue_store import DownloadQueue, Job
 from engine import fit_estimate
@@ -58,6 +59,7 @@ class ModelManagerController(QObject):
         self._connect()
         self._restore_queue()
         self.refresh_local()
+        self.check_login()
 
     def _connect(self) -> None:
         w = self.window
@@ -71,6 +73,8 @@ class ModelManagerController(QObject):
         w.files.ggufChosen.connect(self.choose)
         w.files.downloadRequested.connect(self.download)
         w.downloads.actionRequested.connect(self.act)
+        w.hub_login.loginRequested.connect(self.login)
+        w.hub_login.logoutRequested.connect(self.logout)
         for name, slot in (("switchFailed", w.show_error), ("loaded", self._model_loaded)):
             signal = getattr(self.service, name, None)
             if signal is not None:
@@ -123,15 +127,16 @@ class ModelManagerController(QObject):
 
         def work():
             memory = self._memory()
-            return serial, list_local_models(cache, extra), memory
+            models = list_local_models(cache, extra)
+            return serial, models, memory, [local_fit(m, *memory) for m in models]
 
         self._in_thread(work, self._show_local)
 
     def _show_local(self, value) -> None:
-        serial, models, (free, device) = value
+        serial, models, (free, device), fits = value
         if serial != self._local_serial:  # an older scan finishing late must not win
             return
-        self.window.local.set_models(models)
+        self.window.local.set_models(models, fits)
         self.window.set_memory(f"{fit_estimate.format_bytes(free)} free on the {device} "
                                "(what fit estimates are measured against).")  # fmt: skip
 
@@ -302,6 +307,63 @@ class ModelManagerController(QObject):
         else:  # by its id, so the status bar names it (the engine finds it in the cache)
             self.load(job.repo_id if job.revision == "main" else str(snapshot))
 
+    # ---------------------------------------------------------------- Hugging Face login
+    # The token lives only in huggingface_hub's own store (HF_HOME/token, stored_tokens), never
+    # in QSettings or a log line. Downloads pass token=None, which huggingface_hub resolves to
+    # the stored token at each call, so a login takes effect for the next request.
+    def check_login(self) -> None:
+        """Show who the stored token belongs to (whoami in a worker; offline: not checked)."""
+        from huggingface_hub import get_token
+
+        bar = self.window.hub_login
+        if get_token() is None:
+            bar.set_user(None)
+            return
+        if net.offline_mode():  # offline mode means no network call, not even whoami
+            bar.set_stored("not checked: offline")
+            return
+        bar.set_busy("Checking the stored Hugging Face token…")
+
+        def failed(exc: BaseException) -> None:
+            error = login_error(exc)
+            bar.set_stored("not checked: offline" if error.kind == "offline"
+                           else "the Hub did not accept it: log in again")  # fmt: skip
+
+        self._in_thread(lambda: whoami_name(None), bar.set_user, failed)
+
+    def login(self, token: str) -> None:
+        def work() -> str:
+            net.refuse_if_offline()
+            name = whoami_name(token)  # a bad token fails here, before anything is stored
+            store_token(token, name)
+            return name
+
+        def done(name: str) -> None:
+            self.window.hub_login.set_user(name)
+            self.window.show_info(f"Logged in to Hugging Face as {name}: gated and private "
+                                  "models you have access to can now be downloaded.")  # fmt: skip
+
+        def failed(exc: BaseException) -> None:
+            self.window.show_error(str(login_error(exc)))
+            self.check_login()  # back to what is really stored
+
+        self._in_thread(work, done, failed)
+
+    def logout(self) -> None:
+        from huggingface_hub import logout
+
+        def done(_value: Any) -> None:
+            self.window.hub_login.set_user(None)
+            self.window.show_info("Logged out of Hugging Face: the stored token is removed.")
+
+        def failed(exc: BaseException) -> None:
+            # huggingface_hub raises OSError when HF_TOKEN still logs the process in
+            self.window.show_error(f"The stored token is removed, but {exc}".replace("\n", " "))
+            self.check_login()
+
+        self.window.hub_login.set_busy("Logging out…")
+        self._in_thread(logout, done, failed)  # it also runs git to unset a credential
+
     def shutdown(self) -> None:
         """Stop running downloads (their bytes stay; the queue resumes them as paused).
         The app calls it when its main window closes (not on aboutToQuit, which qasync
@@ -310,6 +372,68 @@ class ModelManagerController(QObject):
             self._intent[repo_id] = "paused"
             stop.set()
         self.closed = True
+
+
+def local_fit(model: Any, free: int, device: str) -> Any | None:
+    """The fit estimate of a downloaded model, before it is loaded (None without a config):
+    weights at the engine's dtype on this device, the default context."""
+    config = model_config(model)
+    if not config or not model.supported:
+        return None
+    dtype = fit_estimate.engine_dtype_bytes(device)
+    weights = fit_estimate.weights_bytes(config, dtype_bytes=dtype)
+    return fit_estimate.estimate_fit(weights, config, fit_estimate.default_context(config),
+                                     free, device, dtype_bytes=dtype)  # fmt: skip
+
+
+def whoami_name(token: str | None) -> str:
+    """The account name for `token` (None: the stored one), asked of the Hub in use now."""
+    from huggingface_hub import HfApi
+
+    try:  # HfApi() alone would take the endpoint fixed at import, not $HF_ENDPOINT now
+        return str(HfApi(endpoint=net.endpoint()).whoami(token=token)["name"])
+    except Exception as exc:
+        raise login_error(exc) from exc
+
+
+def store_token(token: str, name: str) -> None:
+    """Save a token already verified by whoami_name in huggingface_hub's store, as active.
+
+    The public huggingface_hub.login(token=..., add_to_git_credential=False) re-validates
+    through the module-level HfApi, whose endpoint was fixed at import; so it is used when that
+    is the Hub in use now (the usual case). With another $HF_ENDPOINT (a mirror, the tests'
+    fake Hub) it would ask the wrong Hub, so then the two private helpers login() itself calls
+    after validating write the same files (huggingface_hub 1.x and 2.x have both)."""
+    from huggingface_hub import hf_api, login
+
+    if getattr(getattr(hf_api, "api", None), "endpoint", "").rstrip("/") == net.endpoint():
+        login(token=token, add_to_git_credential=False)
+        return
+    from huggingface_hub._login import _save_token, _set_active_token
+
+    token_name = f"pagedesk-{name}"  # login() names it by the token's displayName
+    _save_token(token=token, token_name=token_name)
+    _set_active_token(token_name=token_name, add_to_git_credential=False)
+
+
+def login_error(exc: BaseException) -> HubError:
+    """One sentence for a failed whoami / login (never the token itself)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, HubError):
+        return exc
+    response = getattr(exc, "response", None)
+    if isinstance(exc, HfHubHTTPError) and response is not None:
+        if response.status_code == 401:
+            return HubError("unauthorized", "Hugging Face did not accept that token: copy a "
+                            "valid one from huggingface.co/settings/tokens and try again.")
+        return HubError("http", f"The Hub answered HTTP {response.status_code} while "
+                        "checking the token: try again later.")
+    if isinstance(exc, net.TRANSPORT_ERRORS):
+        return offline(net.endpoint(), net.reason(exc))
+    if isinstance(exc, ValueError):  # login() refuses organisation tokens this way
+        return HubError("unauthorized", f"{exc}".rstrip(".") + ".")
+    return HubError("http", f"Could not check the token: {type(exc).__name__}: {exc}")
 
 
 def job_title(job: Job) -> str:

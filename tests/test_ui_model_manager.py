@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from app_testing import qloop, tiny_model  # noqa: F401 (fixtures)
 from hub_testing import (  # noqa: F401 (fixtures)
-    TINY, WEIGHTS, fake_hub, hf_home, tiny_gguf_file, tiny_model_dir,
+    GATED_TOKEN, TINY, WEIGHTS, fake_hub, hf_home, tiny_gguf_file, tiny_model_dir,
 )  # fmt: skip
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QSettings, Signal
 from PySide6.QtGui import QAction
 
 from app.model_manager_controller import ModelManagerController
 from ui.download_queue_view import STEPS
+from ui.hub_login import NOT_LOGGED_IN
 from ui.model_manager import ModelManager
 
 GIB = 2**30
@@ -70,7 +71,15 @@ def test_local_list_shows_the_bundled_model(qtbot, manager):
     qtbot.waitUntil(lambda: table.rowCount() >= 1, timeout=10_000)
     assert cell(table, 0, 0) == "SmolLM2-135M-Instruct (bundled)"
     assert cell(table, 0, 3) == "llama" and cell(table, 0, 4) == "8,192"
-    assert cell(table, 0, 5) == "yes"
+    assert cell(table, 0, 6) == "yes"
+    # Its fit before loading, by hand: SmolLM2-135M has 134,515,008 parameters (tied head);
+    # bf16 on a GPU; K and V of 30 layers x 3 heads x 64 per token; an 8k context; the stated
+    # overhead of 512 MiB + 10% of the weights.
+    weights = 134_515_008 * 2
+    needed = weights + 30 * 3 * 64 * 2 * 2 * 8192 + 512 * 2**20 + int(0.1 * weights)
+    assert cell(table, 0, 5) == "Fits"
+    assert table.item(0, 5).toolTip() == (f"Needs {needed / 2**20:.0f} MiB with an 8k context; "
+                                          "8.0 GiB free on the RTX Test: fits.")
     window.local.select(0)
     assert not window.local.delete_button.isEnabled()  # the bundled model cannot be deleted
     window.local.load_button.click()
@@ -140,7 +149,7 @@ def test_download_moves_the_bars_to_100_and_offers_load(qtbot, manager, fake_hub
     table = window.local.table
     qtbot.waitUntil(lambda: any(cell(table, r, 0) == TINY for r in range(table.rowCount())),
                     timeout=10_000)  # fmt: skip
-    assert cell(table, column_of(table, TINY), 5) == "yes"
+    assert cell(table, column_of(table, TINY), 6) == "yes"
 
 
 def test_cancel_keeps_the_partial_bytes_and_resume_finishes(qtbot, manager, fake_hub, hf_home):
@@ -261,3 +270,102 @@ def test_opened_from_the_main_window_and_load_switches_the_engine(qloop, tmp_pat
         assert ctrl.qsettings.value("models/extra_paths") == [str(tiny_model)]
     finally:
         close_app(qloop, window)
+
+
+# ---------------------------------------------------------------- Hugging Face login
+def log_in(qtbot, window, token: str) -> None:
+    bar = window.hub_login
+    assert bar.token_input.echoMode() == bar.token_input.EchoMode.Password
+    bar.token_input.setText(token)
+    bar.login_button.click()
+    qtbot.waitUntil(lambda: bar.login_button.isEnabled() and not window.message.isHidden(),
+                    timeout=10_000)  # fmt: skip
+
+
+def stored_files(hf_home: Path) -> list[Path]:
+    return [p for p in hf_home.rglob("*") if p.is_file() and "token" in p.name]
+
+
+def test_a_wrong_token_says_so_and_stores_nothing(qtbot, manager, fake_hub, hf_home):
+    from huggingface_hub import get_token
+
+    window, _controller, _service = manager
+    bar = window.hub_login
+    assert bar.status.text() == NOT_LOGGED_IN and not bar.logout_button.isEnabled()
+    log_in(qtbot, window, "hf_wrong_token")
+    assert window.message.text().startswith("Hugging Face did not accept that token")
+    assert bar.status.text() == NOT_LOGGED_IN
+    assert get_token() is None and stored_files(hf_home) == []
+
+
+def test_log_in_then_a_gated_download_then_log_out(qtbot, tmp_path, fake_hub, hf_home):
+    from huggingface_hub import get_token
+
+    settings_file = tmp_path / "settings.ini"
+    qsettings = QSettings(str(settings_file), QSettings.Format.IniFormat)
+    window = ModelManager()
+    qtbot.addWidget(window)
+    controller = ModelManagerController(window, None, queue_path=tmp_path / "queue.json",
+                                        qsettings=qsettings, memory=(8 * GIB, "RTX Test"))
+    bar = window.hub_login
+    try:
+        log_in(qtbot, window, GATED_TOKEN)
+        assert bar.status.text() == "Logged in to Hugging Face as tester"
+        assert window.message.text().startswith("Logged in to Hugging Face as tester")
+        assert get_token() == GATED_TOKEN and bar.token_input.text() == ""
+        controller.add_path(str(tmp_path))  # so the settings file has something in it
+        qsettings.sync()
+        assert settings_file.exists() and GATED_TOKEN not in settings_file.read_text()
+        # downloads pass token=None: huggingface_hub's stored token, read at each request
+        controller.download("org/gated")
+        row = window.downloads.rows["org/gated"]
+        qtbot.waitUntil(lambda: row.state in ("done", "failed"), timeout=20_000)
+        assert row.state == "done", row.error.text()
+        assert all(r["auth"] == f"Bearer {GATED_TOKEN}" for r in fake_hub.requests
+                   if r["path"].startswith("/org/gated/resolve/"))  # fmt: skip
+        # a new window finds the stored token and asks whoami who it is
+        again = ModelManager()
+        qtbot.addWidget(again)
+        other = ModelManagerController(again, None, queue_path=tmp_path / "queue2.json",
+                                       memory=(8 * GIB, "RTX Test"))  # fmt: skip
+        qtbot.waitUntil(lambda: "tester" in again.hub_login.status.text(), timeout=10_000)
+        other.shutdown()
+        bar.logout_button.click()
+        qtbot.waitUntil(lambda: bar.status.text() == NOT_LOGGED_IN, timeout=10_000)
+        assert get_token() is None and not bar.logout_button.isEnabled()
+        assert window.message.text().startswith("Logged out of Hugging Face")
+    finally:
+        controller.shutdown()
+
+
+def test_the_public_login_is_used_when_it_asks_the_same_hub(qtbot, manager, fake_hub,
+                                                           monkeypatch):  # fmt: skip
+    import huggingface_hub
+    from huggingface_hub import get_token, hf_api
+
+    calls = []
+    real_login = huggingface_hub.login
+    monkeypatch.setattr(huggingface_hub, "login",
+                        lambda **kw: (calls.append(kw), real_login(**kw)))
+    monkeypatch.setattr(hf_api.api, "endpoint", fake_hub.url)  # as if it were the default Hub
+    window, _controller, _service = manager
+    log_in(qtbot, window, GATED_TOKEN)
+    assert window.hub_login.status.text() == "Logged in to Hugging Face as tester"
+    assert calls == [{"token": GATED_TOKEN, "add_to_git_credential": False}]
+    assert get_token() == GATED_TOKEN
+
+
+def test_a_stored_token_is_not_checked_offline(qtbot, tmp_path, hf_home, monkeypatch):
+    from huggingface_hub import constants
+
+    Path(constants.HF_TOKEN_PATH).parent.mkdir(parents=True, exist_ok=True)
+    Path(constants.HF_TOKEN_PATH).write_text("hf_some_token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    window = ModelManager()
+    qtbot.addWidget(window)
+    controller = ModelManagerController(window, None, queue_path=tmp_path / "queue.json",
+                                        memory=(8 * GIB, "RTX Test"))  # fmt: skip
+    assert window.hub_login.status.text() == ("A Hugging Face token is stored "
+                                              "(not checked: offline)")  # fmt: skip
+    assert window.hub_login.logout_button.isEnabled()
+    controller.shutdown()

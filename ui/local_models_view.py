@@ -14,9 +14,10 @@ from PySide6.QtWidgets import (
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )  # fmt: skip
 
-from ui.model_types import error_colour, human_bytes
+from ui.model_types import error_colour, fit_style, human_bytes
 
-COLUMNS = ("Model", "Kind", "Size on disk", "Architecture", "Context", "Runs here")
+COLUMNS = ("Model", "Kind", "Size on disk", "Architecture", "Context", "Fit", "Runs here")
+FIT_COLUMN = 5
 KIND_LABELS = {"hf-cache": "HF cache", "bundled": "bundled", "folder": "folder", "gguf": "GGUF"}
 
 
@@ -82,25 +83,38 @@ class LocalModelsView(QWidget):
         return menu
 
     # ---------------------------------------------------------------- contents
-    def set_models(self, models: Sequence[Any]) -> None:
+    def set_models(self, models: Sequence[Any], fits: Sequence[Any] | None = None) -> None:
+        """The local models and, for each, its fit estimate (engine.fit_estimate's
+        FitEstimate, or None) measured before it is loaded."""
         self.models = list(models)
+        self.fits = list(fits) if fits is not None else [None] * len(self.models)
         self.table.setRowCount(len(self.models))
         for row, model in enumerate(self.models):
             self._fill_row(row, model)
+            self._fill_fit(row, self.fits[row])
         self._selection_changed()
+
+    def _fill_fit(self, row: int, fit: Any | None) -> None:
+        word, colour = fit_style(fit.level if fit is not None else None, self)
+        item = QTableWidgetItem(word)
+        if fit is not None:
+            item.setToolTip(fit.sentence[:1].upper() + fit.sentence[1:])
+        if colour:
+            item.setForeground(QColor(colour))
+        self.table.setItem(row, FIT_COLUMN, item)
 
     def _fill_row(self, row: int, model: Any) -> None:
         context = f"{model.context_length:,}" if model.context_length else "—"
-        cells = (model.name, KIND_LABELS.get(model.kind, model.kind),
-                 human_bytes(model.size_on_disk), model.architecture or "—", context,
-                 "yes" if model.supported else "no")  # fmt: skip
-        for column, text in enumerate(cells):
+        cells = {0: model.name, 1: KIND_LABELS.get(model.kind, model.kind),
+                 2: human_bytes(model.size_on_disk), 3: model.architecture or "—", 4: context,
+                 6: "yes" if model.supported else "no"}  # fmt: skip
+        for column, text in cells.items():
             item = QTableWidgetItem(text)
             item.setToolTip(str(model.path) if column == 0 else model.why_not)
             if column in (2, 4):
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             self.table.setItem(row, column, item)
-        verdict = self.table.item(row, 5)
+        verdict = self.table.item(row, len(COLUMNS) - 1)
         if not model.supported:
             verdict.setText(f"no: {model.why_not}")
             verdict.setForeground(QColor(error_colour(self)))
