@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Render the main window under Xvfb (Qt's real xcb platform, not offscreen) with two panes
 # mid-conversation on the bundled model, to docs/screenshot.png (or the path given), and
-# the learner's panels during a three-session run to docs/panels*.png (the folder of it).
+# the learner's panels during a three-session run to docs/panels*.png, and the model manager
+# (against the tests' local fake Hub: this machine cannot reach the real one) to
+# docs/models-*.png (the folder of it). `--only models|panels|window` takes one of them.
 # Installs Xvfb and the X libraries Qt's xcb platform needs when they are missing; note that
 # Qt blames xcb-cursor0 when libxcb-icccm4 or libxcb-keysyms1 is what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+only=""
+if [ "${1:-}" = "--only" ]; then only=$2; shift 2; fi
 out=${1:-docs/screenshot.png}
 bash scripts/setup.sh
 bash scripts/system_packages.sh xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 \
@@ -19,5 +23,8 @@ xvfb=$!
 trap 'kill "$xvfb" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -e "/tmp/.X11-unix/X$n" ] && break; sleep 0.1; done
 
-DISPLAY=":$n" QT_QPA_PLATFORM=xcb .venv/bin/python scripts/screenshot.py "$out"
-DISPLAY=":$n" QT_QPA_PLATFORM=xcb .venv/bin/python scripts/screenshot_panels.py "$(dirname "$out")"
+shot() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+export DISPLAY=":$n" QT_QPA_PLATFORM=xcb
+if shot window; then .venv/bin/python scripts/screenshot.py "$out"; fi
+if shot panels; then .venv/bin/python scripts/screenshot_panels.py "$(dirname "$out")"; fi
+if shot models; then .venv/bin/python scripts/screenshot_models.py "$(dirname "$out")"; fi
