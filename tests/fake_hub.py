@@ -5,6 +5,8 @@
     GET  /api/models/{repo}/tree/{rev}[/{path}]       list_repo_tree
     HEAD /{repo}/resolve/{rev}/{path}                 file metadata (ETag, X-Repo-Commit)
     GET  /{repo}/resolve/{rev}/{path}                 the bytes, honouring Range (206)
+    GET  /api/whoami-v2                               whoami: user "tester" for a gated
+                                                      repo's token, else 401
 
 ETags are what the Hub gives (they name cache blobs): the sha256 of LFS files (*.safetensors,
 *.gguf, anything over 1 MiB), the git blob id of small files. Every request is recorded and
@@ -181,6 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake.requests.append(record)
         if path == "/api/models":
             return self._json(200, self._search(query))
+        if path == "/api/whoami-v2":
+            return self._whoami()
         api = re.match(r"^/api/models/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+)(?:/(.*))?)?$", path)
         resolve = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
         if api:
@@ -223,6 +227,14 @@ class _Handler(BaseHTTPRequestHandler):
         return repo
 
     # --- answers ------------------------------------------------------------------------
+    def _whoami(self) -> None:
+        """The token of any gated repo (GATED_TOKEN in the fixtures) is user "tester"."""
+        tokens = {f"Bearer {r.token}" for r in self.fake.repos.values() if r.token}
+        if self.headers.get("Authorization") not in tokens:
+            return self._error(401, "Invalid credentials in Authorization header", None)
+        self._json(200, {"name": "tester", "type": "user",
+                         "auth": {"type": "access_token", "accessToken": {"role": "read"}}})
+
     def _info(self, repo: FakeRepo, blobs: bool) -> dict:
         siblings = []
         for path in sorted(repo.files):

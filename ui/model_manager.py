@@ -1,7 +1,8 @@
 """The model manager window (`modelManager`): local models, Hub search with the chosen
-model's files and fit, and the download queue, in three tabs; a message line on top says
-what happened (every Hub error in one sentence). Non-modal: opened with show(), it reports
-through its parts' signals, which the app's controller connects."""
+model's files and fit, and the download queue, in three tabs, under a Hugging Face login bar;
+a message line on top says what happened (every Hub error in one sentence). Non-modal:
+opened with show(), it reports through its parts' signals, which the app's controller
+connects."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog, QLabel, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from ui.download_queue_view import DownloadQueueView
+from ui.hub_login import HubLoginBar
 from ui.local_models_view import LocalModelsView
 from ui.model_files_view import ModelFilesView
 from ui.model_search_view import ModelSearchView
@@ -34,12 +36,14 @@ class ModelManager(QDialog):
         self.search = ModelSearchView(self)
         self.files = ModelFilesView(self)
         self.downloads = DownloadQueueView(self)
+        self.hub_login = HubLoginBar(self)
         self.tabs = QTabWidget(self)
         self.tabs.setObjectName("managerTabs")
         self.tabs.addTab(self.local, "Local models")
         self.tabs.addTab(self._search_tab(), "Search the Hub")
         self.tabs.addTab(self.downloads, "Downloads")
         layout = QVBoxLayout(self)
+        layout.addWidget(self.hub_login)
         layout.addWidget(self.message)
         layout.addWidget(self.tabs, 1)
         layout.addWidget(self.memory)
