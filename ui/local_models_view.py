@@ -10,11 +10,11 @@ from typing import Any
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QMenu, QMessageBox, QPushButton,
+    QFileDialog, QHBoxLayout, QHeaderView, QMenu, QMessageBox, QPushButton,
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )  # fmt: skip
 
-from ui.model_types import error_colour, fit_style, human_bytes
+from ui.model_types import error_colour, fit_style, human_bytes, row_table
 
 COLUMNS = ("Model", "Kind", "Size on disk", "Architecture", "Context", "Fit", "Runs here")
 FIT_COLUMN = 5
@@ -57,14 +57,7 @@ class LocalModelsView(QWidget):
         return button
 
     def _build_table(self) -> QTableWidget:
-        table = QTableWidget(0, len(COLUMNS), self)
-        table.setObjectName("localModelTable")
-        table.setHorizontalHeaderLabels(COLUMNS)
-        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        table.verticalHeader().hide()
-        table.setAlternatingRowColors(True)
+        table = row_table(self, "localModelTable", COLUMNS)
         table.setWordWrap(False)
         table.setTextElideMode(Qt.TextElideMode.ElideRight)
         header = table.horizontalHeader()

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton,
+    QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton,
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )  # fmt: skip
 
-from ui.model_types import SearchRow, error_colour, fit_style, human_bytes, human_count
+from ui.model_types import (
+    SearchRow, error_colour, fit_style, human_bytes, human_count, row_table,
+)
 
 SORTS = {"downloads": "Most downloaded", "likes": "Most liked", "trending_score": "Trending"}
 FORMATS = {"safetensors": "Safetensors", "gguf": "GGUF", "": "Any format"}
@@ -59,14 +61,7 @@ class ModelSearchView(QWidget):
         return combo
 
     def _build_table(self) -> QTableWidget:
-        table = QTableWidget(0, len(COLUMNS), self)
-        table.setObjectName("searchResults")
-        table.setHorizontalHeaderLabels(COLUMNS)
-        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        table.verticalHeader().hide()
-        table.setAlternatingRowColors(True)
+        table = row_table(self, "searchResults", COLUMNS)
         header = table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for column in range(1, len(COLUMNS)):

@@ -3,10 +3,11 @@ never import `app`): a search result, a chosen model's files, and the fit levels
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PySide6.QtGui import QPalette
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QAbstractItemView, QTableWidget, QWidget
 
 # Fit levels (engine.fit_estimate) -> the words and colours (light theme, dark theme) the
 # lists show, like LM Studio's "full GPU offload possible / likely fits / likely too large".
@@ -88,3 +89,16 @@ def human_count(n: int | None) -> str:
         if n >= size:
             return f"{n / size:.1f}{suffix}"
     return str(n)
+
+
+def row_table(parent: QWidget, name: str, columns: Sequence[str]) -> QTableWidget:
+    """A read-only table of rows, one selectable at a time (the manager's lists)."""
+    table = QTableWidget(0, len(columns), parent)
+    table.setObjectName(name)
+    table.setHorizontalHeaderLabels(list(columns))
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.verticalHeader().hide()
+    table.setAlternatingRowColors(True)
+    return table
