@@ -1,0 +1,262 @@
+"""The building blocks every native family is made of: norms, rotary embeddings, MLPs and
+the paged attention layer. A family file states only how it differs.
+
+Parameters are not initialised here (they hold whatever memory held) until the model's
+`load_weights`: the loader builds on the meta device, then `to_empty` and loads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from engine.attention import AttentionMetadata
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class Linear(nn.Linear):
+    """nn.Linear without random init: `load_weights` overwrites every parameter, and on the
+    meta device torch's init ops pull in torch._dynamo (seconds of start-up)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding without random init (see `Linear`)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm without init (see `Linear`)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+def head_dim_of(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def activation(name: str):
+    """transformers' own activation for a config's `hidden_act` / `activation_function`."""
+    from transformers.activations import ACT2FN
+
+    if name not in ACT2FN:
+        raise ValueError(f"Unsupported activation {name!r}.")
+    return ACT2FN[name]
+
+
+# ---------------------------------------------------------------------------- norms
+class RMSNorm(nn.Module):
+    """RMSNorm with the residual add fused in: returns (normed, new residual).
+
+    `zero_centred` (Gemma): the weight is stored minus one and the product is taken in
+    fp32 before rounding; otherwise (Llama) normalise in fp32, round, then scale, as
+    transformers does for each.
+    """
+
+    def __init__(self, size: int, eps: float, *, zero_centred: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+        self.zero_centred = zero_centred
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is not None:
+            x = x + residual
+        return self.norm(x), x
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm alone, over the last dimension (also used per head for q/k norms)."""
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        if self.zero_centred:
+            return (normed * (1.0 + self.weight.float())).to(x.dtype)
+        return normed.to(x.dtype).mul_(self.weight)
+
+
+# ---------------------------------------------------------------------------- rotary
+def rope_parameters(config, layer_type: str | None = None) -> dict:
+    """The RoPE parameters of a config (of one layer type where they differ per type, as in
+    Gemma 3), in transformers 5's form: {"rope_type", "rope_theta", ...}."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    params = dict(params or {})
+    if layer_type is not None and isinstance(params.get(layer_type), dict):
+        params = dict(params[layer_type])
+    elif params and all(isinstance(v, dict) for v in params.values()):
+        params = dict(params.get("full_attention") or next(iter(params.values())))
+    params.setdefault("rope_type", params.pop("type", "default"))
+    if "rope_theta" not in params:
+        params["rope_theta"] = getattr(config, "rope_theta", 10000.0)
+    return params
+
+
+def _inv_freq(
+    config, rotary_dim: int, layer_type: str | None, seq_len: int | None = None
+) -> tuple[torch.Tensor, float]:
+    """RoPE inverse frequencies (CPU) and the cos/sin scale, as transformers computes them
+    (for contexts of `seq_len` where that matters: longrope's long factors)."""
+    params = rope_parameters(config, layer_type)
+    rope_type = params["rope_type"]
+    if rope_type in ("default", "dynamic"):
+        # "dynamic" (NTK) changes frequencies only past the original context, which the
+        # engine does not serve (see `max_model_len_of`): up to it, they are the default.
+        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32, device="cpu") / rotary_dim
+        return 1.0 / (params["rope_theta"] ** exponents), 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if rope_type not in ROPE_INIT_FUNCTIONS:
+        raise ValueError(f"Unknown RoPE scaling type {rope_type!r}.")
+    with torch.device("cpu"):  # real numbers even while the model is built on "meta"
+        fn, cpu = ROPE_INIT_FUNCTIONS[rope_type], torch.device("cpu")
+        if layer_type is None:
+            inv_freq, scaling = fn(config, cpu, seq_len=seq_len)
+        else:
+            inv_freq, scaling = fn(config, cpu, seq_len=seq_len, layer_type=layer_type)
+    return inv_freq.float(), float(scaling)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin for every position, computed once per (device, dtype) and gathered per step.
+
+    `rotary_dim` < head_dim rotates only the first rotary_dim lanes of each head (Phi,
+    StableLM's `partial_rotary_factor`). longrope (Phi-3) has two sets of frequencies:
+    short up to `original_max_position_embeddings`, long past it. Like transformers (for one
+    sequence) and vLLM (for a batch), a step whose longest context passes that length uses
+    the long set for all its tokens.
+    """
+
+    def __init__(self, config, rotary_dim: int, *, layer_type: str | None = None):
+        super().__init__()
+        self.rotary_dim = rotary_dim
+        self.max_positions = config.max_position_embeddings
+        params = rope_parameters(config, layer_type)
+        self._inv_freqs = [_inv_freq(config, rotary_dim, layer_type)]
+        self.long_after: int | None = None
+        if params["rope_type"] == "longrope":
+            self.long_after = params["original_max_position_embeddings"]
+            self._inv_freqs.append(_inv_freq(config, rotary_dim, layer_type, self.long_after + 1))
+        self._tables: dict[tuple, torch.Tensor] = {}  # (set, device, dtype) -> [pos, cos|sin]
+
+    def _get_table(self, which: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (which, device, dtype)
+        table = self._tables.get(key)
+        if table is None:
+            inv_freq, scaling = self._inv_freqs[which]
+            pos = torch.arange(self.max_positions, dtype=torch.float32)
+            freqs = torch.outer(pos, inv_freq)
+            # fp32 first, then the compute dtype: the order transformers uses.
+            table = torch.cat((freqs.cos(), freqs.sin()), dim=-1) * scaling
+            self._tables[key] = table = table.to(device=device, dtype=dtype)
+        return table
+
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype, max_seq_len: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each [T, 1, rotary_dim // 2], ready to broadcast over heads.
+        `max_seq_len`: the step's longest context (host int), for longrope's choice."""
+        which = 0
+        if self.long_after is not None:
+            longest = max_seq_len if max_seq_len is not None else int(positions.max()) + 1
+            which = int(longest > self.long_after)
+        rows = self._get_table(which, positions.device, dtype)[positions]
+        cos, sin = rows.unsqueeze(1).chunk(2, dim=-1)
+        return cos, sin
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Neox / HF "rotate_half" RoPE on x: [T, heads, head_dim] -> a new contiguous tensor.
+    Lanes past 2 * cos.shape[-1] (partial rotary) pass through unchanged."""
+    rot = 2 * cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, x_pass), dim=-1)
+
+
+# ---------------------------------------------------------------------------- attention
+def layer_types_of(config) -> list[str]:
+    """"sliding_attention" / "full_attention" for each layer, as transformers 5 states it
+    (`layer_types`); without it, every layer slides when the config has a window."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return list(types)
+    windowed = bool(getattr(config, "sliding_window", None)) and getattr(
+        config, "use_sliding_window", True
+    )
+    kind = "sliding_attention" if windowed else "full_attention"
+    return [kind] * config.num_hidden_layers
+
+
+def sliding_window_of(config, layer_idx: int) -> int | None:
+    """The window of layer `layer_idx` (a query sees its last W positions), or None."""
+    if layer_types_of(config)[layer_idx] != "sliding_attention":
+        return None
+    return getattr(config, "sliding_window", None) or None
+
+
+class PagedAttention(nn.Module):
+    """Writes this step's K/V into the paged cache and attends over it: the one place a
+    model touches the cache. q: [T, heads, d], k/v: [T, kv_heads, d] -> [T, heads * d]."""
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float,
+        *,
+        sliding_window: int | None = None,
+        softcap: float | None = None,
+    ):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = scale
+        self.sliding_window = sliding_window
+        self.softcap = softcap or None
+        # Passed only when set: the kernels' default call stays exactly as it was.
+        self._options = {
+            k: v for k, v in (("sliding_window", sliding_window), ("softcap", self.softcap)) if v
+        }
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        k_cache, v_cache = kv_cache
+        kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping, backend=meta.backend)
+        out = torch.empty_like(q)
+        kernels.unified_attention(
+            q, k_cache, v_cache, meta.cu_query_lens, meta.seq_lens, meta.block_tables,
+            self.scale, out=out, backend=meta.backend,
+            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, **self._options,
+        )  # fmt: skip
+        return out.view(q.shape[0], self.num_heads * self.head_dim)
+
+
+# ---------------------------------------------------------------------------- MLPs
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)) with gate and up merged into one matmul (`gate_up_proj`):
+    SwiGLU (Llama, act "silu") and GeGLU (Gemma, "gelu_pytorch_tanh")."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str, bias: bool = False):
+        super().__init__()
+        self.intermediate_size = intermediate_size
+        self.act = activation(act)
+        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up = self.gate_up_proj(x)
+        act = self.act(gate_up[:, : self.intermediate_size])
+        return self.down_proj(act.mul_(gate_up[:, self.intermediate_size :]))
