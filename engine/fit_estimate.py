@@ -39,10 +39,22 @@ class FitEstimate:
     sentence: str  # one plain sentence, ready to show
 
 
+# config.json names some families use for the standard fields (transformers maps them).
+_ALIASES = {
+    "hidden_size": ("n_embd", "d_model"),
+    "num_hidden_layers": ("n_layer",),
+    "num_attention_heads": ("n_head",),
+    "max_position_embeddings": ("n_positions",),
+    "intermediate_size": ("n_inner", "ffn_dim"),
+}
+
+
 def _get(config: Any, name: str, default: Any = None) -> Any:
     """A field of a config dict or of a transformers PretrainedConfig."""
     if isinstance(config, Mapping):
-        value = config.get(name, default)
+        value = config.get(name)
+        for alias in _ALIASES.get(name, ()):
+            value = config.get(alias) if value is None else value
     else:
         value = getattr(config, name, default)
     return default if value is None else value
@@ -94,10 +106,8 @@ def engine_dtype_bytes(device_name: str) -> int:
 
 def default_context(config: Any) -> int:
     """The context the estimate assumes: 8k, or less where the model's limit is lower."""
+    # A sliding window does not cap the context (the kernels apply it; every block stays cached).
     limit = int(_get(config, "max_position_embeddings", DEFAULT_CONTEXT))
-    window = _get(config, "sliding_window")
-    if window:
-        limit = min(limit, int(window))
     return min(limit, DEFAULT_CONTEXT)
 
 

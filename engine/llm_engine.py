@@ -118,6 +118,7 @@ class LLMEngine:
             arrival_time=arrival,
             prompt=text,
             eos_token_id=self.eos_token_id,
+            extra_eos_token_ids=self.loaded.extra_eos_token_ids,
             max_total_tokens=self.max_model_len,
             parent_id=parent_id,
             index=index,

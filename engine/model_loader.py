@@ -65,6 +65,8 @@ class LoadedModel:
     name: str
     max_model_len: int
     source_path: Path  # what was resolved: the model directory or the .gguf file
+    # generation_config.json's EOS ids beyond the tokenizer's (Llama 3: <|eot_id|>, ...).
+    extra_eos_token_ids: tuple[int, ...] = ()
 
 
 def load_model(model: str | None, *, dtype: torch.dtype, device: torch.device) -> LoadedModel:
@@ -183,7 +185,21 @@ def load_hf_dir(
         "Loaded %s in %.2f s (config and tokenizer %.2f s, weights %.2f s)",
         name, done - started, weights_started - started, done - weights_started,
     )  # fmt: skip
-    return LoadedModel(model, config, tokenizer, name, max_model_len_of(config), source_path)
+    extra_eos = tuple(i for i in generation_eos_ids(model_dir) if i != tokenizer.eos_token_id)
+    return LoadedModel(
+        model, config, tokenizer, name, max_model_len_of(config), source_path, extra_eos
+    )
+
+
+def generation_eos_ids(model_dir: Path) -> list[int]:
+    """The EOS ids generation_config.json names (one id or a list), [] without one."""
+    path = model_dir / "generation_config.json"
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read: {exc}") from exc
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return [i for i in ids if isinstance(i, int)]
 
 
 def build_model(
@@ -202,11 +218,16 @@ def build_model(
 
 
 def max_model_len_of(config) -> int:
-    """The longest context the model supports. A sliding window (Mistral) caps it: our
-    attention is full attention, which equals windowed attention up to the window."""
+    """The longest context the model supports: its `max_position_embeddings`. (A sliding
+    window does not cap it: the attention kernels apply the window.) Dynamic-NTK RoPE is
+    served up to its original context only, where its frequencies are the default ones."""
     limit = config.max_position_embeddings
-    window = getattr(config, "sliding_window", None)
-    return min(limit, window) if window else limit
+    from engine.models.layers import rope_parameters
+
+    params = rope_parameters(config)
+    if params.get("rope_type") == "dynamic":
+        limit = min(limit, params.get("original_max_position_embeddings") or limit)
+    return limit
 
 
 def _check_architecture(model_dir: Path) -> type[nn.Module]:

@@ -39,6 +39,9 @@ class Request:
     arrival_time: float
     prompt: str | None = None
     eos_token_id: int | None = None
+    # More ids that end a reply like EOS (generation_config.json's list); vLLM reports
+    # these as the stop_reason, the tokenizer's own EOS as None.
+    extra_eos_token_ids: tuple[int, ...] = ()
     max_total_tokens: int = 1 << 30  # the model's context: prompt + output never exceed it
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
@@ -120,6 +123,9 @@ class Request:
         params = self.sampling_params
         last = self.output_token_ids[-1]
         if not params.ignore_eos and last == self.eos_token_id:
+            return RequestStatus.FINISHED_STOPPED
+        if not params.ignore_eos and last in self.extra_eos_token_ids:
+            self.stop_reason = last
             return RequestStatus.FINISHED_STOPPED
         if last in params.stop_token_ids:
             self.stop_reason = last

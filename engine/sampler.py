@@ -63,6 +63,7 @@ def apply_min_tokens(logits: torch.Tensor, requests: Sequence[Request]) -> torch
             banned = set(p.stop_token_ids)
             if r.eos_token_id is not None:
                 banned.add(r.eos_token_id)
+            banned.update(r.extra_eos_token_ids)
             for t in banned:
                 if t < logits.shape[-1]:
                     rows.append(i)

@@ -40,12 +40,14 @@ def save_random_model(
     std: float = 0.5,
     norm_std: float = 0.2,
     dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
     **config_fields,
 ) -> Path:
     """A random-weight `model_type` checkpoint in `path` (config, safetensors, tokenizer).
 
     Matrices ~ N(0, std * sqrt(64 / fan_in)); norm weights ~ N(1, norm_std) (N(0, norm_std) where the model adds
-    1 itself, as Gemma does); biases ~ N(0, std). `config_fields` go to the config class.
+    1 itself, as Gemma does); biases ~ N(0, std). `config_fields` go to the config class;
+    `max_shard_size` (e.g. "40KB") splits the weights into shards with an index.
     """
     path = Path(path)
     tokenizer = make_byte_tokenizer()
@@ -60,7 +62,8 @@ def save_random_model(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     _randomize(model, std, norm_std, zero_centred_norms=model_type.startswith("gemma"))
-    model.save_pretrained(path, safe_serialization=True)
+    shards = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, safe_serialization=True, **shards)
     tokenizer.save_pretrained(path)
     return path
 

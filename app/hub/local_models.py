@@ -201,10 +201,8 @@ def _complete(path: Path) -> tuple[bool, str]:
 
 
 def _context_length(config: dict) -> int | None:
-    limit = config.get("max_position_embeddings")
-    window = config.get("sliding_window")
-    if limit and window:
-        return min(int(limit), int(window))  # the engine caps a sliding window likewise
+    # GPT-2 says n_positions. A sliding window does not cap the context: the kernels apply it.
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
     return int(limit) if limit else None
 
 

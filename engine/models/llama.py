@@ -147,7 +147,7 @@ class LlamaForCausalLM(PagedCausalLM):
         super().__init__(config, LlamaModel(config))
 
     def stacked_shards(self) -> dict[str, tuple[str, slice]]:
-        attn = self.model.layers[0].self_attn
+        attn = self.decoder.layers[0].self_attn
         return {
             **qkv_shards(attn.q_size, attn.kv_size),
             **gate_up_shards(self.config.intermediate_size),
