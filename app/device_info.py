@@ -1,4 +1,5 @@
-"""What the status bar says about the engine: model, device, backend, KV capacity.
+"""What the status bar says about the engine: model and the path it runs on, device,
+backend, KV capacity.
 
 Called in the loader thread (it reads torch), returns plain strings for the UI thread.
 """
@@ -17,6 +18,7 @@ class EngineInfo:
     num_kv_blocks: int
     block_size: int
     max_model_len: int
+    model_path: str = ""  # "native Llama" or "generic (transformers GraniteForCausalLM)"
 
 
 def describe_device(device, requested: str) -> str:
@@ -50,4 +52,5 @@ def engine_info(llm_engine, requested_device: str = "auto") -> EngineInfo:
         num_kv_blocks=llm_engine.num_kv_blocks,
         block_size=block_size,
         max_model_len=llm_engine.max_model_len,
+        model_path=llm_engine.model_path.label,
     )

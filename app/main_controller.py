@@ -149,7 +149,8 @@ class AppController(QObject):
     # ---------------------------------------------------------------- engine
     def _engine_loaded(self, info: EngineInfo) -> None:
         self.window.status.show_ready(info.model_name, info.device, info.attention_backend,
-                                      info.kv_tokens, info.max_model_len)  # fmt: skip
+                                      info.kv_tokens, info.max_model_len,
+                                      model_path=info.model_path)  # fmt: skip
 
     def _stats(self, records, _snapshot) -> None:
         if not self.closed and records:

@@ -67,10 +67,11 @@ def run_models(args: argparse.Namespace) -> int:
     from app.hub.local_models import list_local_models
 
     models = list_local_models(cache_dir=hub_cache_dir())
-    rows = [("MODEL", "SIZE", "ARCHITECTURE", "CONTEXT", "SUPPORT")]
+    rows = [("MODEL", "SIZE", "ARCHITECTURE", "CONTEXT", "RUNS AS")]
     for m in models:
+        support = (m.runs_as or "yes") if m.supported else f"no: {m.why_not}"
         rows.append((m.repo_id or m.name, format_bytes(m.size_on_disk), m.architecture or "?",
-                     str(m.context_length or "?"), "yes" if m.supported else f"no: {m.why_not}"))
+                     str(m.context_length or "?"), support))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])

@@ -225,7 +225,12 @@ class KVCacheManager:
         self.events.append(KVEvent(next(self._event_seq), kind, request_id, tuple(blocks),
                                    self.current_step, detail))  # fmt: skip
 
-    def snapshot(self, kv_bytes_per_token: int = 0, max_model_len: int = 0) -> KVSnapshot:
+    def snapshot(
+        self,
+        kv_bytes_per_token: int = 0,
+        max_model_len: int = 0,
+        layer_windows: tuple[int | None, ...] = (),
+    ) -> KVSnapshot:
         """An immutable picture of every block and every block table (cheap: flat copies)."""
         states = np.full(self.num_blocks, BlockState.FREE, dtype=np.int8)
         states[self.ref_counts > 0] = BlockState.IN_USE
@@ -265,4 +270,5 @@ class KVCacheManager:
             max_model_len=max_model_len,
             prefix_queries=self.prefix_queries,
             prefix_hits=self.prefix_hits,
+            layer_windows=layer_windows,
         )

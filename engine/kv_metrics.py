@@ -79,6 +79,40 @@ def paged_vs_contiguous(snap: KVSnapshot) -> PagedVsContiguous:
                              len(snap.block_tables))  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class WindowWaste:
+    """What keeping every block of the sliding-window layers costs: blocks that lie wholly
+    before the window of each request's next token, which no query reads again."""
+
+    num_sliding_layers: int
+    num_layers: int
+    window: int | None  # the (smallest) window, None without sliding layers
+    layer_blocks: int  # Σ over sliding layers and requests of such blocks
+    bytes: int
+
+    def describe(self) -> str:
+        if not self.num_sliding_layers:
+            return "none: every layer attends to the whole context"
+        mib = 2**20
+        return (f"{self.layer_blocks:,} layer-blocks · {self.bytes / mib:.1f} MiB outside the "
+                f"window (W = {self.window:,}) of {self.num_sliding_layers} of "
+                f"{self.num_layers} layers")
+
+
+def window_waste(snap: KVSnapshot) -> WindowWaste:
+    """Σ over sliding layers (window W) and requests of ⌊(tokens − W + 1) / block size⌋
+    blocks: the next token, at position `tokens`, sees positions > tokens − W only."""
+    windows = [w for w in snap.layer_windows if w]
+    num_layers = len(snap.layer_windows)
+    blocks = 0
+    for w in windows:
+        for toks in snap.request_token_ids.values():
+            blocks += max(0, len(toks) - w + 1) // snap.block_size
+    per_layer_token = snap.kv_bytes_per_token // num_layers if num_layers else 0
+    return WindowWaste(len(windows), num_layers, min(windows, default=None), blocks,
+                       blocks * snap.block_size * per_layer_token)  # fmt: skip
+
+
 def prefix_hit_rate(snap: KVSnapshot) -> float:
     """Share of looked-up prompt tokens found in the prefix cache since the start."""
     return snap.prefix_hits / snap.prefix_queries if snap.prefix_queries else 0.0

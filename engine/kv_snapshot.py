@@ -39,6 +39,9 @@ class KVSnapshot:
     max_model_len: int = 0
     prefix_queries: int = 0  # prompt tokens looked up in the prefix cache so far
     prefix_hits: int = 0  # of which were found
+    # Each layer's sliding window (None: full attention). The manager keeps every block of
+    # a windowed layer (simple and correct); kv_metrics.window_waste counts what that costs.
+    layer_windows: tuple[int | None, ...] = ()
 
     def __post_init__(self) -> None:
         for arr in (self.states, self.ref_counts, self.num_filled):

@@ -19,6 +19,8 @@ from engine.kv_cache_manager import KVCacheManager
 from engine.kv_snapshot import KVSnapshot
 from engine.model_loader import LoadedModel, load_model
 from engine.model_runner import ModelRunner
+from engine.models import model_path_of
+from engine.models.layers import sliding_window_of
 from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from engine.request import Request, RequestStatus
 from engine.sampler import Sampler, SamplerOutput
@@ -47,6 +49,11 @@ class LLMEngine:
             model_len, self.attention_backend,
         )
         self.num_kv_blocks = self.runner.num_blocks
+        hf_config = self.loaded.hf_config
+        self.model_path = model_path_of(hf_config)  # native family or generic transformers
+        self.layer_windows = tuple(
+            sliding_window_of(hf_config, i) for i in range(hf_config.num_hidden_layers)
+        )
         # One request may never need more than the whole cache: cap its context there.
         self.max_model_len = min(model_len, self.num_kv_blocks * config.block_size)
         self.kv_manager = KVCacheManager(
@@ -336,7 +343,9 @@ class LLMEngine:
         return self._step_count
 
     def kv_snapshot(self) -> KVSnapshot:
-        return self.kv_manager.snapshot(self.runner.shape.bytes_per_token, self.max_model_len)
+        return self.kv_manager.snapshot(
+            self.runner.shape.bytes_per_token, self.max_model_len, self.layer_windows
+        )
 
     def reset_prefix_cache(self) -> int:
         """Forget the cached prefixes of finished requests; returns the blocks cleared."""

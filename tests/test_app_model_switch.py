@@ -117,5 +117,7 @@ def test_a_model_that_fails_to_load_leaves_the_previous_one_serving(qloop, tiny_
     chat = next(iter(ctrl.chats.values()))
     run(qloop, chat.send("still there?"), 60)
     assert chat.store.messages(chat.session_id)[-1].status == "complete"
-    assert window.status.model.text() == f"Model: {ctrl.service.info.model_name}"
+    info = ctrl.service.info
+    assert window.status.model.text() == f"Model: {info.model_name} · native Llama"
+    assert info.model_path == "native Llama"
     close_app(qloop, window)

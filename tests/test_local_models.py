@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import scan_cache_dir
 
-from app.hub.local_models import delete_model, list_local_models, support_status
+from app.hub.local_models import delete_model, list_local_models, runs_as, support_status
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -60,8 +60,8 @@ def cache(tmp_path, random_llama) -> Path:
     put_in_cache(cache, "org/tiny-llama", random_llama, SHA)
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
-    (gpt2 / "config.json").write_text(json.dumps(
-        {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": 1024}))
+    (gpt2 / "config.json").write_text(json.dumps(  # an encoder-decoder: neither path runs it
+        {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "n_positions": 1024}))
     (gpt2 / "model.safetensors").write_bytes(b"\0" * 100)
     put_in_cache(cache, "org/gpt2-like", gpt2)
     partial = tmp_path / "partial"
@@ -86,9 +86,10 @@ def test_cached_models_with_size_architecture_context_and_support(cache, random_
     assert tiny.supported and tiny.why_not == ""
     assert tiny.path == cache / "models--org--tiny-llama" / "snapshots" / SHA
     gpt2 = models["org/gpt2-like"]
-    assert not gpt2.supported and gpt2.architecture == "GPT2LMHeadModel"
-    assert "Unsupported model architecture: GPT2LMHeadModel" in gpt2.why_not
-    assert "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM" in gpt2.why_not
+    assert tiny.runs_as == "native Llama"
+    assert not gpt2.supported and gpt2.architecture == "T5ForConditionalGeneration"
+    assert "T5ForConditionalGeneration is an encoder-decoder model" in gpt2.why_not
+    assert gpt2.runs_as == ""
     partial = models["org/partial"]
     assert not partial.supported and "no safetensors weights" in partial.why_not
 
@@ -102,7 +103,7 @@ def test_bundled_default_comes_first():
 
 
 def test_user_added_folder_and_gguf_files(tmp_path, random_llama):
-    qwen = write_gguf(tmp_path / "qwen.Q4_K_M.gguf", "qwen2", 32768)
+    qwen = write_gguf(tmp_path / "qwen.Q4_K_M.gguf", "mamba", 32768)  # no GGUF reader for it
     llama = write_gguf(tmp_path / "mine.gguf", "llama", 2048)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -112,8 +113,8 @@ def test_user_added_folder_and_gguf_files(tmp_path, random_llama):
     assert folder.kind == "folder" and folder.supported and folder.repo_id is None
     assert folder.size_on_disk == dir_size(random_llama)
     q = models["qwen.Q4_K_M.gguf"]
-    assert q.kind == "gguf" and q.architecture == "qwen2" and q.context_length == 32768
-    assert not q.supported and "Unsupported GGUF architecture: qwen2" in q.why_not
+    assert q.kind == "gguf" and q.architecture == "mamba" and q.context_length == 32768
+    assert not q.supported and "Unsupported GGUF architecture: mamba" in q.why_not
     assert q.size_on_disk == qwen.stat().st_size
     mine = models["mine.gguf"]
     assert mine.supported and mine.context_length == 2048
@@ -123,8 +124,11 @@ def test_user_added_folder_and_gguf_files(tmp_path, random_llama):
 def test_support_status_from_config_dicts():
     assert support_status({"architectures": ["MistralForCausalLM"]}) == (True, "")
     assert support_status({"model_type": "qwen2"}) == (True, "")
-    ok, why = support_status({"architectures": ["Gemma3ForCausalLM"]})
-    assert not ok and why.startswith("Unsupported model architecture: Gemma3ForCausalLM.")
+    assert runs_as({"architectures": ["Gemma3ForCausalLM"]}) == "native Gemma 3"
+    assert runs_as({"model_type": "gpt2"}) == "native GPT-2"
+    ok, why = support_status({"architectures": ["BartForConditionalGeneration"], "model_type": "bart"})
+    assert not ok and why.startswith("Architecture BartForConditionalGeneration is an encoder-decoder")
+    assert runs_as({"architectures": ["BartForConditionalGeneration"], "model_type": "bart"}) == ""
 
 
 def test_delete_model_frees_the_repo(cache, random_llama):

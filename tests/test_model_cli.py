@@ -33,7 +33,7 @@ def test_download_models_rm(fake_hub, tiny_model_dir):
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if line.startswith(TINY))
     assert "LlamaForCausalLM" in row or "llama" in row
-    assert row.rstrip().endswith("yes") and "1024" in row
+    assert row.rstrip().endswith("native Llama") and "1024" in row  # the path it runs on
 
     kept = pagedesk("rm", TINY, stdin="n\n")
     assert kept.returncode == 1 and "nothing deleted" in kept.stderr

@@ -169,3 +169,24 @@ def test_vllm_quickstart_opt_125m_from_the_hf_cache(tmp_path, monkeypatch):
         want, _ = hf_greedy(hf, out.prompt_token_ids, 16)
         assert out.outputs[0].token_ids == want
     assert llm.engine.loaded.name == "facebook/opt-125m"
+
+
+def test_sliding_window_waste_is_reported(tmp_path):
+    """pagedesk keeps every block of a windowed layer; the KV panel's numbers count the blocks
+    no query can read again. Gemma 2 here: layer 0 slides (W = 8), layer 1 is global."""
+    from engine import kv_metrics
+
+    model_type, fields = FAMILIES["gemma2-softcap-window"]
+    path = save_random_model(tmp_path / "g2", model_type, **fields)
+    engine = LLMEngine(EngineConfig(model=str(path), device="cpu", dtype="float32", block_size=4))
+    assert engine.layer_windows == (8, None)
+    engine.add_request("long", PROMPTS[3], SamplingParams(max_tokens=4, ignore_eos=True))
+    engine.step()  # the 41-token prompt, prefilled
+    waste = kv_metrics.window_waste(engine.kv_snapshot())
+    # The next token (position 41) sees positions 34..41: blocks 0..7 (positions 0..31) and
+    # none after are wholly outside, in the one sliding layer.
+    assert (waste.num_sliding_layers, waste.num_layers, waste.window) == (1, 2, 8)
+    assert waste.layer_blocks == (41 - 8 + 1) // 4 == 8
+    per_layer_token = 2 * 2 * 16 * 4  # K and V, 2 KV heads of 16, float32
+    assert waste.bytes == 8 * 4 * per_layer_token
+    assert "W = 8" in waste.describe() and "1 of 2 layers" in waste.describe()

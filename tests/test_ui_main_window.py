@@ -78,10 +78,11 @@ def test_status_bar_shows_loading_then_the_engine(qtbot):
     status = window.status
     status.show_loading("SmolLM2")
     assert not status.progress.isHidden() and "Loading SmolLM2" in status.model.text()
-    status.show_ready("SmolLM2", "CPU (no CUDA GPU found)", "torch", 23_552, 8192)
+    status.show_ready("SmolLM2", "CPU (no CUDA GPU found)", "torch", 23_552, 8192,
+                      model_path="native Llama")
     assert status.progress.isHidden()
     assert [status.model.text(), status.device.text(), status.backend.text(), status.kv.text()] == [
-        "Model: SmolLM2", "Device: CPU (no CUDA GPU found)", "Attention: torch",
+        "Model: SmolLM2 · native Llama", "Device: CPU (no CUDA GPU found)", "Attention: torch",
         "KV cache: 23,552 tokens"]  # fmt: skip
     status.show_stats(StepStats(step=3, prefill_tokens=0, decode_tokens=4, batch_size=4,
                                 step_seconds=0.02, num_running=4, num_waiting=1,

@@ -52,9 +52,10 @@ class EngineStatus:
         self.model.setText(f"Loading {model}…")
 
     def show_ready(self, model: str, device: str, backend: str, kv_tokens: int,
-                   max_model_len: int) -> None:  # fmt: skip
+                   max_model_len: int, *, model_path: str = "") -> None:  # fmt: skip
+        """`model_path`: how the engine runs it, "native Llama" or "generic (transformers X)"."""
         self.progress.hide()
-        self.model.setText(f"Model: {model}")
+        self.model.setText(f"Model: {model}" + (f" · {model_path}" if model_path else ""))
         self.device.setText(f"Device: {device}")
         self.backend.setText(f"Attention: {backend}")
         self.kv.setText(f"KV cache: {kv_tokens:,} tokens")

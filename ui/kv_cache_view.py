@@ -36,6 +36,12 @@ FORMULAS = {
                             "× 2 (K and V) × dtype bytes",
     "kvWasteLabel": "internal waste = Σ over requests of (blocks × block size − tokens)\n"
                     "the empty slots of partly filled last blocks: all the waste paging leaves",
+    "kvWindowWasteLabel": "sliding-window waste = Σ over windowed layers (window W) and requests\n"
+                          "of ⌊(tokens − W + 1) ÷ block size⌋ blocks × block size × KV bytes per"
+                          " token ÷ layers\n"
+                          "pagedesk keeps every block of a windowed layer (simple, correct);\n"
+                          "these blocks lie wholly before the next token's window: no query"
+                          " reads them again",
     "kvHitRateLabel": "prefix hit rate = prompt tokens found in the prefix cache\n"
                       "÷ prompt tokens looked up, since the engine started",
     "kvContiguousLabel": "paged = blocks in use × block size × KV bytes per token\n"
@@ -91,7 +97,8 @@ class KVNumbers(QFrame):
 
     ROWS = (("in use", "kvUsedLabel"), ("cached", "kvCachedLabel"), ("free", "kvFreeLabel"),
             ("capacity", "kvCapacityLabel"), ("KV / token", "kvBytesPerTokenLabel"),
-            ("waste", "kvWasteLabel"), ("prefix hits", "kvHitRateLabel"))  # fmt: skip
+            ("waste", "kvWasteLabel"), ("window waste", "kvWindowWasteLabel"),
+            ("prefix hits", "kvHitRateLabel"))  # fmt: skip
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -149,6 +156,7 @@ class KVNumbers(QFrame):
             "kvBytesPerTokenLabel": format_bytes(per_token) if per_token else "unknown",
             "kvWasteLabel": plural(waste, "token")
                             + (f" · {format_bytes(waste * per_token)}" if per_token else ""),
+            "kvWindowWasteLabel": kv_metrics.window_waste(snap).describe(),
             "kvHitRateLabel": f"{rate:.1%} · {snap.prefix_hits:,} / "
                               f"{snap.prefix_queries:,} tokens",
             "kvContiguousLabel": kv_metrics.paged_vs_contiguous(snap).describe(),

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
-__all__ = ["LocalModel", "list_local_models", "delete_model", "support_status",
-           "gguf_support_status", "gguf_metadata"]  # fmt: skip
+__all__ = ["LocalModel", "list_local_models", "delete_model", "support_status", "runs_as",
+           "gguf_support_status", "gguf_runs_as", "gguf_metadata"]  # fmt: skip
 
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 
@@ -30,6 +30,7 @@ class LocalModel:
     why_not: str  # "" when supported
     kind: str  # "hf-cache" | "bundled" | "folder" | "gguf"
     revision: str | None = None
+    runs_as: str = ""  # "native Llama", "generic (transformers X)"; "" when it cannot run
 
 
 def support_status(config: dict) -> tuple[bool, str]:
@@ -45,6 +46,37 @@ def support_status(config: dict) -> tuple[bool, str]:
     except ValueError as exc:
         return False, str(exc)
     return True, ""
+
+
+def runs_as(config: dict) -> str:
+    """The path the engine would run this config.json on ("native Qwen3", "generic
+    (transformers GraniteForCausalLM)"), "" when neither can."""
+    from engine.models import model_path_of
+
+    declared = SimpleNamespace(**config)
+    declared.architectures = config.get("architectures")
+    declared.model_type = config.get("model_type")
+    try:
+        return model_path_of(declared).label
+    except ValueError:
+        return ""
+
+
+def gguf_runs_as(architecture: str | None) -> str:
+    """The native family a GGUF of this `general.architecture` converts to, "" if none."""
+    from engine.models import model_path_of
+
+    declared = SimpleNamespace(architectures=None, model_type=_GGUF_MODEL_TYPES.get(architecture or ""))
+    try:
+        return model_path_of(declared).label if declared.model_type else ""
+    except ValueError:
+        return ""
+
+
+# llama.cpp's general.architecture -> transformers' model_type, where they differ.
+_GGUF_MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+                     "phi3": "phi3", "gpt2": "gpt2", "gemma": "gemma", "gemma2": "gemma2",
+                     "gemma3": "gemma3_text"}  # fmt: skip
 
 
 def gguf_support_status(architecture: str | None) -> tuple[bool, str]:
@@ -169,7 +201,7 @@ def _folder_model(path: Path, repo_id: str | None, kind: str, name: str, size: i
         name=name, repo_id=repo_id, path=path, size_on_disk=size,
         architecture=architectures[0] if architectures else None,
         context_length=_context_length(config), supported=supported, why_not=why_not,
-        kind=kind, revision=revision,
+        kind=kind, revision=revision, runs_as=runs_as(config) if supported else "",
     )  # fmt: skip
 
 
@@ -186,7 +218,7 @@ def _gguf_model(path: Path, name: str, kind: str, repo_id: str | None,
     supported, why_not = gguf_support_status(arch)
     return LocalModel(name, repo_id, path, _file_size(path), arch,
                       int(context) if context else None, supported, why_not, kind,
-                      revision)  # fmt: skip
+                      revision, gguf_runs_as(arch) if supported else "")  # fmt: skip
 
 
 def _complete(path: Path) -> tuple[bool, str]:
