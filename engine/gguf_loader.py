@@ -7,8 +7,10 @@ appears atomically (written to a temporary sibling, then renamed) and carries a 
 that lists its files and sizes, so a half-written or damaged copy is never used: it is
 removed and rebuilt.
 
-The metadata and tokenizer are read with transformers' GGUF reader (`struct` over the file,
-far faster than `gguf.GGUFReader`), the tensors dequantised with the `gguf` package.
+Llama files (the default model's family) take a fast path: the metadata and tokenizer are
+read with transformers' GGUF reader (`struct` over the file, far faster than
+`gguf.GGUFReader`), the tensors dequantised with the `gguf` package. Other families go
+through transformers' full GGUF loader (`engine.gguf_generic`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ log = logging.getLogger(__name__)
 # Bump when the converted layout or its contents change: old copies are then not reused.
 CONVERTER_VERSION = 2
 MARKER = "pagedesk-converted.json"
-SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
+# "llama" (Mistral too) on the fast path below; the others through transformers' reader
+# (engine.gguf_generic, whose GENERIC_ARCHITECTURES these are).
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gpt2", "gemma2", "gemma3")
 # The converted copy is float32 (exact for dequantised values, and the CPU's compute dtype)
 # up to this many parameters; float16 above, so a 7B model's copy is 14 GB, not 28 GB.
 FP32_MAX_PARAMS = 2_000_000_000
@@ -134,6 +138,12 @@ def write_converted(gguf_path: Path, out: Path) -> None:
             f"Unsupported GGUF architecture {architecture!r} in {gguf_path.name}. "
             f"Supported GGUF architectures: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}."
         )
+    if architecture != "llama":
+        from engine import gguf_generic
+
+        gguf_generic.write_converted(gguf_path, out, metadata, tensor_names)
+        _write_marker(out, gguf_path)
+        return
     config = build_config(metadata, tensor_names)
     tokenizer = build_tokenizer(gguf_path, config.max_position_embeddings)
     out.mkdir(parents=True)

@@ -395,11 +395,11 @@ def test_changed_gguf_replaces_its_old_conversion(tiny_gguf, own_cache, monkeypa
 def test_unsupported_gguf_architecture(tmp_path):
     import gguf
 
-    writer = gguf.GGUFWriter(str(tmp_path / "x.gguf"), "gpt2")
+    writer = gguf.GGUFWriter(str(tmp_path / "x.gguf"), "mamba")
     writer.add_tensor("token_embd.weight", torch.zeros(4, 4).numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(UnsupportedModelError, match="'gpt2'.*llama"):
+    with pytest.raises(UnsupportedModelError, match="'mamba'.*llama"):
         load(str(tmp_path / "x.gguf"))
