@@ -85,25 +85,33 @@ def test_llama_rope_scaling_matches_transformers(tmp_path, rope_type):
     assert_matches_transformers(path, PROMPTS)
 
 
-def test_phi3_longrope_switches_to_long_factors_past_the_original_context(tmp_path):
-    """Phi-3's su/longrope: short factors up to original_max_position_embeddings (32), long
-    ones past it. A 20-token prompt crosses 32 while decoding; a 41-token one starts past it.
-    One sequence at a time: there transformers' rule (the step's longest context decides)
-    and ours are the same."""
+def test_phi3_longrope_short_factors_within_the_original_context_long_past_it(tmp_path):
+    """Phi-3's su/longrope: short factors while the context stays within
+    original_max_position_embeddings (32), long ones once it is past it. A 16-token prompt
+    with 16 new tokens stays within; a 41-token prompt starts past it.
+
+    (A sequence that crosses 32 while decoding is not compared: transformers then drops its
+    cache and recomputes every token with the long factors; pagedesk, like vLLM, keeps the
+    tokens already cached and uses the long factors from that step on. Likewise a prefix-cache
+    hit on blocks computed in the short regime is reused by a longer prompt.)"""
     half = 16 // 2
     rope = {
         "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 32,
         "short_factor": [1.0 + 0.1 * i for i in range(half)],
         "long_factor": [2.0 + 0.5 * i for i in range(half)],
     }  # fmt: skip
-    path = save_random_model(tmp_path / "phi3", "phi3", **dict(GQA_DEFAULT_HEAD_DIM, rope_parameters=rope))
+    # Phi3Config's own original_max_position_embeddings overrides the one in rope_parameters.
+    fields = dict(GQA_DEFAULT_HEAD_DIM, rope_parameters=rope, original_max_position_embeddings=32)
+    path = save_random_model(tmp_path / "phi3", "phi3", **fields)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    assert hf.config.rope_parameters["original_max_position_embeddings"] == 32
     engine = LLMEngine(EngineConfig(model=str(path), device="cpu", dtype="float32", block_size=8))
-    for prompt in random_prompts(VOCAB, [20, 41], seed=3):
-        want = hf_greedy(hf, prompt, 24)
-        got = engine_greedy(engine, [prompt], 24)[0]
-        assert got[0] == want[0]
-        check_logprobs_close(got, want, steps=24)
+    for length, new, seed in ((16, 16, 3), (41, 24, 4)):  # no shared prefix: see the note
+        prompt = random_prompts(VOCAB, [length], seed=seed)[0]
+        want = hf_greedy(hf, prompt, new)
+        got = engine_greedy(engine, [prompt], new)[0]
+        assert got[0] == want[0], f"{length}-token prompt"
+        check_logprobs_close(got, want, steps=new)
 
 
 def test_bf16_checkpoint_in_shards_with_an_index(tmp_path):

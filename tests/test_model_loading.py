@@ -193,11 +193,15 @@ def test_gguf_directory_resolution(tmp_path):
     assert resolve_model(str(tmp_path / "one"))[1] == tmp_path / "one"  # safetensors win
 
 
-def test_sliding_window_caps_the_context():
+def test_context_is_the_position_limit_not_the_window():
+    """The kernels apply a sliding window, so it no longer caps the context; dynamic-NTK RoPE
+    is served up to its original context, where its frequencies are the default ones."""
     config = AutoConfig.for_model("mistral", max_position_embeddings=32768, sliding_window=4096)
-    assert max_model_len_of(config) == 4096
-    unwindowed = AutoConfig.for_model("mistral", max_position_embeddings=32768, sliding_window=None)
-    assert max_model_len_of(unwindowed) == 32768
+    assert max_model_len_of(config) == 32768
+    dynamic = AutoConfig.for_model("llama", max_position_embeddings=4096, rope_parameters={
+        "rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0,
+        "original_max_position_embeddings": 2048})  # fmt: skip
+    assert max_model_len_of(dynamic) == 2048
 
 
 # ---------------------------------------------------------------- the default model (GGUF)
