@@ -1,8 +1,9 @@
 """Paged KV-cache kernels behind two fixed signatures.
 
 `store_kv` scatters new tokens' K/V into their cache slots; `unified_attention` runs
-causal attention for a mixed batch of prefill chunks and decodes through block tables.
-The torch implementations in `reference.py` define what both compute.
+causal attention for a mixed batch of prefill chunks and decodes through block tables,
+optionally with a sliding window (Mistral, Gemma 2's local layers) and logit soft-capping
+(Gemma 2). The torch implementations in `reference.py` define what both compute.
 
 Backends: "torch" (reference.py, the CPU path) and "triton" (triton_*.py). The Triton
 modules are imported lazily, on first use: @triton.jit picks compiled or interpreted
@@ -97,6 +98,8 @@ def unified_attention(
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
     split_kv: bool | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; cu_query_lens: int32 [num_seqs + 1];
     seq_lens: int32 [num_seqs] (context after this step); block_tables: int32
@@ -108,14 +111,23 @@ def unified_attention(
     kernel assumes all decodes iff num_tokens == num_seqs and bounds contexts by the
     block-table width; results are the same either way, only speed changes.
     split_kv: None = automatic flash-decoding, False = never, True = always.
+
+    sliding_window: W >= 1 restricts the query at position p to keys p - W < k <= p (the
+    last W positions, itself included: transformers' `kv_idx > q_idx - W`, vLLM's window
+    (W - 1, 0)); None = full causal attention.
+    softcap: Gemma 2's attention logit soft-capping, applied after scaling and before the
+    mask and softmax: s = softcap * tanh(s / softcap); None or 0 = off.
+    ValueError for a window below 1 or a negative softcap.
     """
     if resolve_backend(backend, q.device) == "torch":
         return unified_attention_torch(
-            q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out
-        )
+            q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out,
+            sliding_window=sliding_window, softcap=softcap,
+        )  # fmt: skip
     attn = _triton("triton_attention")
     segments = None if split_kv is None else (16 if split_kv else 1)
     return attn.unified_attention_triton(
         q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out,
         max_query_len=max_query_len, max_seq_len=max_seq_len, num_segments=segments,
+        sliding_window=sliding_window, softcap=softcap,
     )  # fmt: skip

@@ -7,6 +7,12 @@ TILE_N rows through the block table with an online (flash-attention) softmax, in
 domain. Tiles entirely before the tile's first query position need no mask; only the
 diagonal/tail tiles are masked.
 
+Options, each a constexpr flag so the default variant is the plain causal kernel:
+SLIDING (window W: row at position p sees p - W < k <= p) starts the KV loop at the tile
+holding the first row's oldest visible key, and also masks the tiles that reach before the
+last row's window (the left edge); SOFTCAP (Gemma 2: s = c * tanh(s / c) on the scaled
+logits) caps the scores before the mask and the log2-domain softmax.
+
 Grid: (num_tokens // BLOCK_Q + num_seqs, num_kv_heads, NUM_SEGMENTS). The first axis is an
 upper bound on the number of query tiles, known from shapes alone (no device->host sync);
 each program finds its sequence by binary search over cu_query_lens and idle ones return.
@@ -28,6 +34,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from kernels.reference import check_options
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2E = 1.4426950408889634
@@ -55,6 +63,15 @@ def _find_seq(cu_q_ptr, tile, num_seqs, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
+def _tanh(x):
+    """tanh through exp2 (not every triton has tl tanh): exp(-2|x|) is in (0, 1], so
+    nothing overflows; the absolute error stays at fp32 rounding for every x."""
+    e = tl.exp2(-2.8853900817779268 * tl.abs(x))  # 2 * log2(e)
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
 def _attend_tile(
     j,
     q,
@@ -69,7 +86,9 @@ def _attend_tile(
     kv_end,
     offs_d,
     d_ok,
-    scale_log2,
+    qk_scale,
+    softcap_log2,
+    window,
     stride_k_blk,
     stride_k_slot,
     stride_k_head,
@@ -82,8 +101,12 @@ def _attend_tile(
     DIM_MASKED: tl.constexpr,
     CAST_F32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SLIDING: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
-    """One online-softmax step over KV positions [j * TILE_N, (j + 1) * TILE_N)."""
+    """One online-softmax step over KV positions [j * TILE_N, (j + 1) * TILE_N).
+    qk_scale: scale * log2(e), or scale / softcap with SOFTCAP (then the capped logits
+    are scaled by softcap_log2 = softcap * log2(e))."""
     pos = j * TILE_N + tl.arange(0, TILE_N)
     pos_ok = pos < kv_end
     if MASKED:
@@ -114,9 +137,13 @@ def _attend_tile(
         k = k.to(tl.float32)
         v = v.to(tl.float32)
 
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if SOFTCAP:
+        s = _tanh(s) * softcap_log2
     if MASKED:
         seen = (pos[None, :] <= row_pos[:, None]) & pos_ok[None, :]
+        if SLIDING:
+            seen = seen & (pos[None, :] > row_pos[:, None] - window)
         s = tl.where(seen, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     if MASKED:
@@ -132,7 +159,7 @@ def _attend_tile(
 # Triton specialises integer arguments equal to 1 or divisible by 16 into separate
 # compiled variants; the batch size and the block-table width change from step to step,
 # so they stay generic (no recompiles mid-serving).
-@triton.jit(do_not_specialize=["num_seqs", "stride_bt"])
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt", "window"])
 def _attention_kernel(
     out_ptr,
     q_ptr,
@@ -144,7 +171,9 @@ def _attention_kernel(
     seg_acc_ptr,
     seg_m_ptr,
     seg_l_ptr,
-    scale_log2,
+    qk_scale,
+    softcap_log2,
+    window,
     num_seqs,
     num_heads,
     stride_q_tok,
@@ -168,6 +197,8 @@ def _attention_kernel(
     NUM_SEGMENTS: tl.constexpr,
     CAST_F32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SLIDING: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -206,40 +237,77 @@ def _attention_kernel(
     first_pos = ctx_before + local * BLOCK_Q
     num_tiles = tl.cdiv(kv_end, TILE_N)
     num_full = (first_pos + 1) // TILE_N
+    if SLIDING:
+        # Rows see (row_pos - window, row_pos]. Tiles before first_tile (the one holding the
+        # first row's oldest key) are skipped; those before first_full reach past the start
+        # of the last row's window (kv_end - window) and are masked like the diagonal ones.
+        first_tile = tl.maximum(first_pos + 1 - window, 0) // TILE_N
+        first_full = tl.cdiv(tl.maximum(kv_end - window, 0), TILE_N)
+        first_full = tl.minimum(tl.maximum(first_full, first_tile), num_full)
+    else:
+        first_tile = 0
     if NUM_SEGMENTS > 1:
-        per_seg = tl.cdiv(num_tiles, NUM_SEGMENTS)
-        lo = seg * per_seg
+        per_seg = tl.cdiv(num_tiles - first_tile, NUM_SEGMENTS)
+        lo = first_tile + seg * per_seg
         hi = tl.minimum(lo + per_seg, num_tiles)
     else:
-        lo = 0
+        lo = first_tile
         hi = num_tiles
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     bt_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
-    for j in range(lo, tl.minimum(hi, num_full)):
-        m_i, l_i, acc = _attend_tile(
-            j, q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
-            row_pos, kv_end, offs_d, d_ok, scale_log2,
-            stride_k_blk, stride_k_slot, stride_k_head,
-            stride_v_blk, stride_v_slot, stride_v_head,
-            BLOCK_SIZE, TILE_N, False, HEAD_PAD != HEAD_DIM, CAST_F32, DOT_PRECISION,
-        )  # fmt: skip
-    for j in range(tl.maximum(lo, num_full), hi):
-        m_i, l_i, acc = _attend_tile(
-            j, q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
-            row_pos, kv_end, offs_d, d_ok, scale_log2,
-            stride_k_blk, stride_k_slot, stride_k_head,
-            stride_v_blk, stride_v_slot, stride_v_head,
-            BLOCK_SIZE, TILE_N, True, HEAD_PAD != HEAD_DIM, CAST_F32, DOT_PRECISION,
-        )  # fmt: skip
+    if SLIDING:
+        for j in range(tl.maximum(lo, first_full), tl.minimum(hi, num_full)):
+            m_i, l_i, acc = _attend_tile(
+                j, q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
+                row_pos, kv_end, offs_d, d_ok, qk_scale, softcap_log2, window,
+                stride_k_blk, stride_k_slot, stride_k_head,
+                stride_v_blk, stride_v_slot, stride_v_head,
+                BLOCK_SIZE, TILE_N, False, HEAD_PAD != HEAD_DIM, CAST_F32, DOT_PRECISION,
+                SLIDING, SOFTCAP,
+            )  # fmt: skip
+        # The masked tiles, the left edge [lo, first_full) then the diagonal [num_full, hi),
+        # in one loop: a third loop costs ~40-80 registers more (compile test, ptxas).
+        n_left = tl.maximum(tl.minimum(hi, first_full) - lo, 0)
+        diag_lo = tl.maximum(lo, num_full)
+        for t in range(0, n_left + tl.maximum(hi - diag_lo, 0)):
+            j = tl.where(t < n_left, lo + t, diag_lo + t - n_left)
+            m_i, l_i, acc = _attend_tile(
+                j, q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
+                row_pos, kv_end, offs_d, d_ok, qk_scale, softcap_log2, window,
+                stride_k_blk, stride_k_slot, stride_k_head,
+                stride_v_blk, stride_v_slot, stride_v_head,
+                BLOCK_SIZE, TILE_N, True, HEAD_PAD != HEAD_DIM, CAST_F32, DOT_PRECISION,
+                SLIDING, SOFTCAP,
+            )  # fmt: skip
+    else:
+        for j in range(lo, tl.minimum(hi, num_full)):
+            m_i, l_i, acc = _attend_tile(
+                j, q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
+                row_pos, kv_end, offs_d, d_ok, qk_scale, softcap_log2, window,
+                stride_k_blk, stride_k_slot, stride_k_head,
+                stride_v_blk, stride_v_slot, stride_v_head,
+                BLOCK_SIZE, TILE_N, False, HEAD_PAD != HEAD_DIM, CAST_F32, DOT_PRECISION,
+                SLIDING, SOFTCAP,
+            )  # fmt: skip
+        for j in range(tl.maximum(lo, num_full), hi):
+            m_i, l_i, acc = _attend_tile(
+                j, q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head,
+                row_pos, kv_end, offs_d, d_ok, qk_scale, softcap_log2, window,
+                stride_k_blk, stride_k_slot, stride_k_head,
+                stride_v_blk, stride_v_slot, stride_v_head,
+                BLOCK_SIZE, TILE_N, True, HEAD_PAD != HEAD_DIM, CAST_F32, DOT_PRECISION,
+                SLIDING, SOFTCAP,
+            )  # fmt: skip
 
     tok = q_start + row_tok
     if NUM_SEGMENTS > 1:
-        # Partials per (token, head, segment); an empty segment stores m = -inf, l = 0.
+        # Partials per (token, head, segment); a segment that saw nothing of a row (no
+        # tile, or only masked ones, which leave m = 0) stores m = -inf, l = 0.
         idx = (tok * num_heads + row_head) * NUM_SEGMENTS + seg
-        tl.store(seg_m_ptr + idx, m_i, mask=row_ok)
+        tl.store(seg_m_ptr + idx, tl.where(l_i > 0, m_i, float("-inf")), mask=row_ok)
         tl.store(seg_l_ptr + idx, l_i, mask=row_ok)
         acc_ptrs = seg_acc_ptr + idx[:, None].to(tl.int64) * HEAD_PAD + offs_d[None, :]
         tl.store(acc_ptrs, acc, mask=row_ok[:, None])
@@ -303,6 +371,8 @@ class AttentionConfig:
     num_segments: int  # 1: no split
     num_warps: int
     num_stages: int
+    sliding: bool = False  # SLIDING: sliding-window mask and KV-tile skipping
+    softcap: bool = False  # SOFTCAP: tanh logit capping
 
 
 def choose_config(
@@ -318,11 +388,15 @@ def choose_config(
     num_sms: int,
     decode_only: bool,
     num_segments: int | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> AttentionConfig:
     """Pick tile shapes and split-KV from shapes and caller-supplied bounds only.
 
     decode_only: every sequence brings exactly one query token (the caller knows: max query
     length 1). num_segments: None = automatic, 1 = no split, >1 = forced split.
+    sliding_window / softcap: the attention options (None = off); a window bounds the KV
+    a decode reads, so it also bounds the automatic segment count.
     """
     q_per_kv = num_heads // num_kv_heads
     head_pad = max(16, triton.next_power_of_2(head_dim))
@@ -340,8 +414,11 @@ def choose_config(
         block_m, tile_n, num_warps = max(32, min_m), 32, 4
     num_stages = 1 if dtype == torch.float32 and head_pad > 128 else 2
     if num_segments is None:
+        span = max_context_bound
+        if sliding_window is not None:  # W positions touch at most cdiv(W - 1, TILE_N) + 1 tiles
+            span = min(span, sliding_window + tile_n - 1)
         num_segments = _auto_segments(
-            num_seqs * num_kv_heads, max_context_bound, tile_n, num_sms, decode_only
+            num_seqs * num_kv_heads, span, tile_n, num_sms, decode_only
         )
     return AttentionConfig(
         q_per_kv=q_per_kv,
@@ -354,6 +431,8 @@ def choose_config(
         num_segments=num_segments,
         num_warps=num_warps,
         num_stages=num_stages,
+        sliding=sliding_window is not None,
+        softcap=bool(softcap),
     )
 
 
@@ -398,17 +477,31 @@ def unified_attention_triton(
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
     num_segments: int | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """See kernels.unified_attention. max_query_len / max_seq_len are optional host-side
     hints (the engine knows them without a sync); without them the choice falls back to
-    shapes: all decodes iff num_tokens == num_seqs, contexts bounded by the table width."""
+    shapes: all decodes iff num_tokens == num_seqs, contexts bounded by the table width.
+    sliding_window / softcap: as in kernels.unified_attention (None = off)."""
     _check_inputs(q, k_cache, v_cache)
+    window, softcap = check_options(sliding_window, softcap)
+    # A window at least as wide as the block table can address hides nothing: launch the
+    # plain causal variant. (The table width is a hard bound; max_seq_len is only a hint.)
+    if window is not None and window >= block_tables.shape[1] * k_cache.shape[1]:
+        window = None
     if out is None:
         out = torch.empty_like(q)
     if q.shape[0] == 0 or seq_lens.shape[0] == 0:
         return out
-    cfg = config_for(q, k_cache, seq_lens, block_tables, max_query_len, max_seq_len, num_segments)
-    _launch(q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out, cfg)
+    cfg = config_for(
+        q, k_cache, seq_lens, block_tables, max_query_len, max_seq_len, num_segments,
+        sliding_window=window, softcap=softcap,
+    )  # fmt: skip
+    _launch(
+        q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out, cfg,
+        window=window, softcap=softcap,
+    )  # fmt: skip
     return out
 
 
@@ -420,6 +513,9 @@ def config_for(
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
     num_segments: int | None = None,
+    *,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> AttentionConfig:
     """The configuration `unified_attention_triton` launches for these tensors (shapes only)."""
     num_tokens, num_heads, head_dim = q.shape
@@ -439,6 +535,8 @@ def config_for(
         num_sms=_num_sms(q.device),
         decode_only=decode_only,
         num_segments=num_segments,
+        sliding_window=sliding_window,
+        softcap=softcap,
     )
 
 
@@ -457,7 +555,15 @@ def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor)
         raise ValueError("k_cache/v_cache need a contiguous head_dim")
 
 
-def _launch(q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out, cfg):
+def _launch(
+    q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out, cfg,
+    *, window=None, softcap=None,
+):  # fmt: skip
+    assert cfg.sliding == (window is not None) and cfg.softcap == bool(softcap)
+    if cfg.softcap:  # the kernel caps (scale / softcap) * QK^T, then multiplies by this
+        qk_scale, softcap_log2 = scale / softcap, softcap * LOG2E
+    else:
+        qk_scale, softcap_log2 = scale * LOG2E, 0.0
     if q.stride(-1) != 1:
         q = q.contiguous()
     target = out if out.stride(-1) == 1 else torch.empty_like(q)
@@ -476,7 +582,7 @@ def _launch(q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, o
     _attention_kernel[grid](
         target, q, k_cache, v_cache, block_tables, seq_lens, cu_query_lens,
         seg_acc, seg_m, seg_l,
-        scale * LOG2E, num_seqs, num_heads,
+        qk_scale, softcap_log2, window or 0, num_seqs, num_heads,
         q.stride(0), q.stride(1), target.stride(0), target.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -484,7 +590,7 @@ def _launch(q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, o
         Q_PER_KV=cfg.q_per_kv, HEAD_DIM=cfg.head_dim, HEAD_PAD=cfg.head_pad,
         BLOCK_SIZE=cfg.block_size, TILE_N=cfg.tile_n, BLOCK_Q=cfg.block_q,
         BLOCK_M=cfg.block_m, NUM_SEGMENTS=cfg.num_segments, CAST_F32=INTERPRET,
-        DOT_PRECISION=_dot_precision(k_cache.dtype),
+        DOT_PRECISION=_dot_precision(k_cache.dtype), SLIDING=cfg.sliding, SOFTCAP=cfg.softcap,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if split:

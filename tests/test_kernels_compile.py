@@ -10,7 +10,9 @@ the cases below cover every dtype x head size pair in prefill (the heaviest vari
 sm_90 and in split-KV decode on sm_80, the heaviest shapes on both targets, every block
 size 8..128 and GQA ratios 1/3/4/8 spread over those, non-split decode, the reduce kernel
 for every padded head size and the smallest and largest segment counts, and store_kv for
-every dtype. Configurations come from `choose_config`, the function the launcher uses, so
+every dtype. The sliding-window and soft-capping variants (SLIDING / SOFTCAP, separately
+and together) compile for prefill, decode and split-KV on both targets, on the heaviest
+head size and on fp32. Configurations come from `choose_config`, the function the launcher uses, so
 the test follows any change of tiles. Compiles are cached by Triton (~/.triton/cache):
 a rerun without kernel changes takes seconds.
 
@@ -113,11 +115,13 @@ else:
         return {
             "out_ptr": t, "q_ptr": t, "k_cache_ptr": t, "v_cache_ptr": t,
             "block_tables_ptr": i32, "seq_lens_ptr": i32, "cu_q_ptr": i32,
-            "seg_acc_ptr": f32, "seg_m_ptr": f32, "seg_l_ptr": f32, "scale_log2": "fp32",
+            "seg_acc_ptr": f32, "seg_m_ptr": f32, "seg_l_ptr": f32, "qk_scale": "fp32",
+            "softcap_log2": "fp32", "window": "i32",
         }  # fmt: skip
 
-    def _config(dtype, head_dim, block_size, heads, mode):
-        """mode: 'prefill', 'decode' (no split) or 'split' (flash-decoding, auto segments)."""
+    def _config(dtype, head_dim, block_size, heads, mode, options=""):
+        """mode: 'prefill', 'decode' (no split) or 'split' (flash-decoding, auto segments);
+        options: 'w' (sliding window), 'c' (softcap) or both."""
         num_heads, num_kv_heads = heads
         decode = mode != "prefill"
         num_seqs = 2 if mode == "split" else 64
@@ -133,6 +137,8 @@ else:
             num_sms=132,
             decode_only=decode,
             num_segments=None if mode == "split" else 1,
+            sliding_window=4096 if "w" in options else None,
+            softcap=50.0 if "c" in options else None,
         )
 
     def _attention_cases():
@@ -148,22 +154,34 @@ else:
             cases.append((dtype, 128, 16, (32, 8), "decode", 90))
         cases.append((torch.bfloat16, 128, 128, (32, 8), "split", 90))
         cases.append((torch.float16, 64, 8, (9, 3), "decode", 80))
+        # sliding window ('w'), softcap ('c') and both (Mistral, Gemma 2: d256, GQA 2)
+        cases.append((torch.bfloat16, 256, 16, (16, 8), "prefill", 90, "wc"))
+        cases.append((torch.bfloat16, 256, 16, (16, 8), "prefill", 80, "wc"))
+        cases.append((torch.float16, 128, 16, (32, 8), "prefill", 90, "w"))
+        cases.append((torch.bfloat16, 128, 32, (32, 4), "prefill", 80, "c"))
+        cases.append((torch.bfloat16, 256, 16, (16, 8), "split", 90, "wc"))
+        cases.append((torch.float16, 128, 16, (32, 8), "split", 80, "w"))
+        cases.append((torch.bfloat16, 128, 16, (32, 8), "decode", 90, "wc"))
+        cases.append((torch.float32, 256, 16, (16, 8), "prefill", 90, "wc"))
+        cases.append((torch.float32, 128, 16, (32, 8), "split", 80, "wc"))
         return cases
 
     def _case_id(case):
-        dtype, head, block, heads, mode, cc = case
-        return f"{DTYPES[dtype]}-d{head}-bs{block}-g{heads[0] // heads[1]}-{mode}-sm{cc}"
+        dtype, head, block, heads, mode, cc, *options = case
+        opts = f"-{options[0]}" if options else ""
+        return f"{DTYPES[dtype]}-d{head}-bs{block}-g{heads[0] // heads[1]}-{mode}-sm{cc}{opts}"
 
     @pytest.mark.parametrize("case", _attention_cases(), ids=_case_id)
     def test_attention_kernel_compiles(case):
-        dtype, head, block, heads, mode, cc = case
-        cfg = _config(dtype, head, block, heads, mode)
+        dtype, head, block, heads, mode, cc, *options = case
+        cfg = _config(dtype, head, block, heads, mode, *options)
         assert (cfg.num_segments > 1) == (mode == "split")
         constexprs = {
             "Q_PER_KV": cfg.q_per_kv, "HEAD_DIM": cfg.head_dim, "HEAD_PAD": cfg.head_pad,
             "BLOCK_SIZE": cfg.block_size, "TILE_N": cfg.tile_n, "BLOCK_Q": cfg.block_q,
             "BLOCK_M": cfg.block_m, "NUM_SEGMENTS": cfg.num_segments, "CAST_F32": False,
-            "DOT_PRECISION": ta._dot_precision(dtype),
+            "DOT_PRECISION": ta._dot_precision(dtype), "SLIDING": cfg.sliding,
+            "SOFTCAP": cfg.softcap,
         }  # fmt: skip
         kernel = _compile(
             ta._attention_kernel,

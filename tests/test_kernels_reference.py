@@ -1,5 +1,6 @@
 """The torch kernels (the engine's CPU path and the Triton kernels' definition) against a
-naive dense causal attention written here from the spec, one sequence at a time."""
+naive dense causal attention written here from the spec, one sequence at a time, also with
+a sliding window and with logit soft-capping."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ from kernels.reference import store_kv_torch, unified_attention_torch
 from kernels.testing import make_paged_batch, nan_like
 
 
-def naive_attention(q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale):
+def naive_attention(
+    q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale,
+    *, sliding_window=None, softcap=None,
+):  # fmt: skip
     """Per sequence: walk the block table position by position, build the full score
-    matrix with an explicit causal mask, softmax, multiply by V (all in float64)."""
+    matrix with an explicit causal mask, softmax, multiply by V (all in float64).
+    sliding_window W: query at position p keeps keys p - W < k <= p; softcap c: scores
+    become c * tanh(scores / c) after scaling."""
     num_heads = q.shape[1]
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -29,9 +35,13 @@ def naive_attention(q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, 
         v = torch.stack(rows_v).double()
         mask = torch.zeros(q_len, ctx, dtype=torch.bool)
         for i in range(q_len):
-            mask[i, : ctx - q_len + i + 1] = True
+            p = ctx - q_len + i
+            first = 0 if sliding_window is None else max(0, p - sliding_window + 1)
+            mask[i, first : p + 1] = True
         for h in range(num_heads):
             scores = q[start:end, h].double() @ k[:, h // group].T * scale
+            if softcap:
+                scores = softcap * torch.tanh(scores / softcap)
             scores = scores.masked_fill(~mask, float("-inf"))
             out[start:end, h] = torch.softmax(scores, dim=-1) @ v[:, h // group]
     return out
@@ -89,6 +99,91 @@ def test_unified_attention_half_dtypes(head_dim, dtype):
     torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)
 
 
+# Windows: only the token itself, shorter than a block, not a multiple of any block size,
+# longer than some contexts (every batch has contexts below 40 and above it).
+WINDOWS = [1, 5, 13, 40]
+
+
+@pytest.mark.parametrize("block_size", [8, 16])
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("batch", list(BATCHES), ids=str)
+def test_sliding_window_matches_naive(block_size, window, batch):
+    query_lens, context_lens = BATCHES[batch]
+    b = make_paged_batch(query_lens, context_lens, num_heads=6, num_kv_heads=2, head_dim=16,
+                         block_size=block_size, seed=window + block_size)  # fmt: skip
+    out = nan_like(b.q)
+    unified_attention_torch(*b.args(), out=out, sliding_window=window)
+    expected = naive_attention(*b.args(), sliding_window=window)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("softcap", [1.0, 5.0])
+@pytest.mark.parametrize("batch", list(BATCHES), ids=str)
+def test_softcap_matches_naive(softcap, batch):
+    query_lens, context_lens = BATCHES[batch]
+    b = make_paged_batch(query_lens, context_lens, num_heads=8, num_kv_heads=2, head_dim=16,
+                         block_size=8, seed=3)  # fmt: skip
+    b.q.mul_(4)  # logits of a few units, so that both caps bite
+    out = nan_like(b.q)
+    unified_attention_torch(*b.args(), out=out, softcap=softcap)
+    expected = naive_attention(*b.args(), softcap=softcap)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window,softcap", [(1, 2.0), (13, 5.0), (40, 1.0)])
+@pytest.mark.parametrize("batch", list(BATCHES), ids=str)
+def test_sliding_window_and_softcap_match_naive(window, softcap, batch):
+    query_lens, context_lens = BATCHES[batch]
+    b = make_paged_batch(query_lens, context_lens, num_heads=4, num_kv_heads=4, head_dim=16,
+                         block_size=16, seed=window)  # fmt: skip
+    b.q.mul_(4)
+    out = nan_like(b.q)
+    opts = dict(sliding_window=window, softcap=softcap)
+    unified_attention_torch(*b.args(), out=out, **opts)
+    expected = naive_attention(*b.args(), **opts)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opts", [{"sliding_window": 13}, {"softcap": 5.0},
+                                  {"sliding_window": 7, "softcap": 2.0}], ids=str)  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_options_half_dtypes(dtype, opts):
+    b = make_paged_batch([1, 6, 1, 9], [19, 30, 3, 9], num_heads=8, num_kv_heads=2,
+                         head_dim=64, block_size=16, dtype=dtype, seed=4)  # fmt: skip
+    b.q.mul_(2)
+    out = nan_like(b.q)
+    unified_attention_torch(*b.args(), out=out, **opts)
+    assert out.dtype == dtype
+    expected = naive_attention(*b.args(), **opts)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_options_change_the_result_and_off_values_do_not():
+    b = make_paged_batch([1, 5, 1], [30, 20, 12], num_heads=4, num_kv_heads=2, head_dim=16,
+                         block_size=8)  # fmt: skip
+    b.q.mul_(4)
+    full = unified_attention_torch(*b.args())
+    assert torch.equal(unified_attention_torch(*b.args(), softcap=0.0), full)
+    assert torch.equal(unified_attention_torch(*b.args(), sliding_window=None, softcap=None), full)
+    # a window at least as long as every context hides nothing
+    torch.testing.assert_close(unified_attention_torch(*b.args(), sliding_window=30), full)
+    windowed = unified_attention_torch(*b.args(), sliding_window=6)
+    capped = unified_attention_torch(*b.args(), softcap=2.0)
+    assert not torch.allclose(windowed, full, atol=1e-3)
+    assert not torch.allclose(capped, full, atol=1e-3)
+    # the single-token sequence has context 12 > 6 too: all three sequences change
+    for rows in ([0], [1, 2, 3, 4, 5], [6]):
+        assert not torch.allclose(windowed[rows], full[rows], atol=1e-3)
+
+
+@pytest.mark.parametrize("opts", [{"sliding_window": 0}, {"sliding_window": -4},
+                                  {"softcap": -1.0}], ids=str)  # fmt: skip
+def test_invalid_options_rejected(opts):
+    b = make_paged_batch([1], [5], num_heads=2, num_kv_heads=1, head_dim=16, block_size=8)
+    with pytest.raises(ValueError):
+        unified_attention_torch(*b.args(), **opts)
+
+
 def test_unified_attention_allocates_output():
     b = make_paged_batch([3, 1], [3, 12], num_heads=4, num_kv_heads=2, head_dim=16, block_size=8)
     out = unified_attention_torch(*b.args())
@@ -103,6 +198,10 @@ def test_public_entry_point_uses_torch_on_cpu():
     out = nan_like(b.q)
     kernels.unified_attention(*b.args(), out=out)
     torch.testing.assert_close(out.double(), naive_attention(*b.args()), rtol=1e-5, atol=1e-5)
+    opts = dict(sliding_window=3, softcap=2.0)
+    kernels.unified_attention(*b.args(), out=out, **opts)
+    expected = naive_attention(*b.args(), **opts)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("block_size", [8, 16, 32])

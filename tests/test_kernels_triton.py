@@ -14,6 +14,9 @@ interpreter the attention kernel casts its loads to fp32 (CAST_F32, fixed at imp
 that, bf16 caches pass at the bf16 tolerance. `test_interpreter_bf16_needs_fp32_loads`
 records what the uncast kernel does. The GPU keeps 16-bit tl.dot operands.
 
+Sliding window and softcap: against the torch reference with the same options, split and
+not, on batches long enough that whole KV tiles fall before the window and are skipped.
+
 Shapes are tiny (the interpreter costs ~2.6 ms per program plus numpy per tile).
 """
 
@@ -50,10 +53,17 @@ else:
         "mixed": ([1, 9, 1, 20, 3, 1], [25, 9, 1, 47, 40, 66]),
         "len1": ([1], [1]),
     }
+    # For the window: contexts of several KV tiles (16 in fp32, 64 in 16-bit decode), so
+    # that tiles wholly before a window are skipped and split segments start past 0.
+    LONG_BATCHES = {
+        "long_decode": ([1, 1, 1], [150, 77, 3]),
+        "long_mixed": ([1, 24, 1, 5], [130, 60, 9, 5]),
+    }
     DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-    def _run(batch, *, dtype, heads=(8, 2), head_dim=64, block_size=16, seed=0, **kw):
-        query_lens, context_lens = BATCHES[batch]
+    def _run(batch, *, dtype, heads=(8, 2), head_dim=64, block_size=16, seed=0,
+             sliding_window=None, softcap=None, **kw):  # fmt: skip
+        query_lens, context_lens = {**BATCHES, **LONG_BATCHES}[batch]
         b = make_paged_batch(
             query_lens,
             context_lens,
@@ -65,8 +75,9 @@ else:
             seed=seed,
         )
         out = nan_like(b.q)
-        ta.unified_attention_triton(*b.args(), out=out, **kw)
-        expected = unified_attention_torch(*b.args())
+        opts = dict(sliding_window=sliding_window, softcap=softcap)
+        ta.unified_attention_triton(*b.args(), out=out, **opts, **kw)
+        expected = unified_attention_torch(*b.args(), **opts)
         assert not out.isnan().any(), "unwritten or NaN-contaminated output"
         torch.testing.assert_close(out.float(), expected.float(), **TOL[dtype])
 
@@ -96,6 +107,67 @@ else:
     def test_split_kv_max_segments_and_empty_segments():
         # 64 segments over a few tiles: most segments are empty and must be ignored.
         _run("decode", dtype=torch.float16, num_segments=ta.SEGMENT_CHOICES[-1], heads=(2, 1))
+
+    # (batch, dtype, sliding_window, softcap, num_segments); windows of 1 (the diagonal
+    # only), below a block, not a multiple of blocks or tiles, longer than some contexts.
+    OPTION_CASES = [
+        ("mixed", torch.float32, 1, None, 1),
+        ("long_mixed", torch.float32, 13, None, 1),
+        ("long_mixed", torch.float32, 5, None, 4),
+        ("long_mixed", torch.float16, 19, None, 1),
+        ("long_decode", torch.float16, 19, None, 4),
+        ("long_decode", torch.float32, 40, None, 8),
+        ("chunked", torch.float32, 20, None, 4),
+        ("mixed", torch.float16, None, 2.0, 1),
+        ("decode", torch.float32, None, 5.0, 4),
+        ("prefill", torch.bfloat16, None, 2.0, 1),
+        ("long_mixed", torch.float32, 13, 2.0, 1),
+        ("long_mixed", torch.bfloat16, 40, 5.0, 4),
+        ("long_decode", torch.float16, 7, 2.0, 2),
+    ]
+
+    def _option_id(case):
+        batch, dtype, window, cap, segs = case
+        return f"{batch}-{DTYPE_IDS[dtype]}-w{window}-cap{cap}-seg{segs}"
+
+    @pytest.mark.parametrize("case", OPTION_CASES, ids=_option_id)
+    def test_sliding_window_and_softcap(case):
+        batch, dtype, window, cap, segs = case
+        # The split's reduce runs one program per (token, head): few heads keep it cheap.
+        heads = (8, 2) if segs == 1 else (2, 1)
+        _run(batch, dtype=dtype, heads=heads, sliding_window=window, softcap=cap,
+             num_segments=segs, seed=segs)  # fmt: skip
+
+    def test_sliding_window_gqa_head_size_block_size():
+        _run("long_mixed", dtype=torch.float16, heads=(6, 2), head_dim=80, block_size=8,
+             sliding_window=11, softcap=3.0, num_segments=1)  # fmt: skip
+
+    def test_public_api_options_and_wide_window():
+        b = make_paged_batch(
+            [1, 3, 1], [50, 12, 33], num_heads=2, num_kv_heads=1, head_dim=64, block_size=16,
+            dtype=torch.float32, seed=6,
+        )  # fmt: skip
+        wide = b.block_tables.shape[1] * 16  # all the block table can address
+        for opts, splits in (({"sliding_window": 9, "softcap": 3.0}, (True, False)),
+                             ({"sliding_window": wide}, (False,))):  # fmt: skip
+            expected = unified_attention_torch(*b.args(), **opts)
+            for split in splits:
+                out = nan_like(b.q)
+                kernels.unified_attention(*b.args(), out=out, backend="triton", split_kv=split,
+                                          **opts)  # fmt: skip
+                torch.testing.assert_close(out, expected, **TOL[torch.float32])
+
+    def test_window_bounds_auto_segments():
+        common = dict(num_tokens=2, num_seqs=2, num_heads=8, num_kv_heads=2, head_dim=64,
+                      block_size=16, dtype=torch.float16, num_sms=132,
+                      max_context_bound=8192, decode_only=True)  # fmt: skip
+        full = ta.choose_config(**common)
+        windowed = ta.choose_config(**common, sliding_window=100)
+        tiny = ta.choose_config(**common, sliding_window=1)  # one tile per decode
+        assert windowed.sliding and not full.sliding and not full.softcap
+        assert full.num_segments > windowed.num_segments > 1  # 100 positions: 2-3 tiles
+        assert tiny.num_segments == 1
+        assert ta.choose_config(**common, softcap=30.0).softcap
 
     def test_public_api_split_on_and_off_and_auto():
         b = make_paged_batch(
