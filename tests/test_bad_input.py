@@ -77,13 +77,13 @@ def test_unknown_model_path(tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    folder = tmp_path / "gpt2ish"
+    folder = tmp_path / "bartish"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 2,
-        "n_head": 2, "n_embd": 16, "vocab_size": 50,
+        "model_type": "bart", "architectures": ["BartForConditionalGeneration"],
+        "d_model": 16, "encoder_layers": 1, "decoder_layers": 1, "vocab_size": 50,
     }))
-    with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*(?i:supported).*Llama"):
+    with pytest.raises(ValueError, match=r"BartForConditionalGeneration is an encoder-decoder"):
         LLMEngine(EngineConfig(model=str(folder), device="cpu"))
 
 

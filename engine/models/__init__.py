@@ -94,9 +94,17 @@ def model_path_of(hf_config) -> ModelPath:
     from engine.models.transformers_backend import generic_refusal
 
     why = generic_refusal(hf_config)
-    if why is None:
-        return ModelPath("generic", architectures[0], architectures[0])
-    raise UnsupportedModelError(why)
+    if why is not None:
+        raise UnsupportedModelError(why)
+    arch = architectures[0] if architectures else _causal_lm_name(hf_config.model_type)
+    return ModelPath("generic", arch, arch)
+
+
+def _causal_lm_name(model_type: str) -> str:
+    """transformers' causal-LM class name for a model_type (a config without architectures)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, f"model_type {model_type!r}")
 
 
 def get_model_class(hf_config) -> type[nn.Module]:

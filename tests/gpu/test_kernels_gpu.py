@@ -76,13 +76,24 @@ CASES = [
     ("decode3-d256-split", "decode3_long", (8, 4), 256, 32, torch.bfloat16, True),
     ("decode3-d80-split", "decode3_long", (32, 4), 80, 16, torch.float16, True),
     ("mixed-fp32", "mixed", (32, 8), 128, 16, torch.float32, None),
-]
+    # Sliding windows (Mistral's 4096, a short one that skips many tiles) and Gemma 2's
+    # softcap: (…, options for unified_attention).
+    ("mixed-window1024", "mixed", (32, 8), 128, 16, torch.bfloat16, None, {"sliding_window": 1024}),
+    ("decode3-window4096-split", "decode3_long", (32, 8), 128, 16, torch.bfloat16, True,
+     {"sliding_window": 4096}),
+    ("decode64-window300-auto", "decode64", (32, 8), 128, 16, torch.float16, None,
+     {"sliding_window": 300}),
+    ("mixed-gemma2-d256", "mixed", (8, 4), 256, 16, torch.bfloat16, None,
+     {"sliding_window": 4096, "softcap": 50.0}),
+    ("decode3-softcap-split", "decode3_long", (16, 8), 256, 16, torch.bfloat16, True, {"softcap": 50.0}),
+]  # fmt: skip
 
 
 def check_attention(case) -> None:
     import kernels
 
-    _, kind, heads, head_dim, block_size, dtype, split = case
+    _, kind, heads, head_dim, block_size, dtype, split, *rest = case
+    options = rest[0] if rest else {}
     query_lens, context_lens = _batch(kind, seed=head_dim + block_size)
     b = make_paged_batch(
         query_lens, context_lens, num_heads=heads[0], num_kv_heads=heads[1],
@@ -90,8 +101,8 @@ def check_attention(case) -> None:
         spare_blocks=64, seed=block_size,
     )  # fmt: skip
     out = nan_like(b.q)
-    kernels.unified_attention(*b.args(), out=out, backend="triton", split_kv=split)
-    ref = unified_attention_torch(*b.args()).float()
+    kernels.unified_attention(*b.args(), out=out, backend="triton", split_kv=split, **options)
+    ref = unified_attention_torch(*b.args(), **options).float()
     _compare(out, ref, dtype)
 
 
