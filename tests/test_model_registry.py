@@ -62,6 +62,8 @@ def test_other_decoder_only_architectures_take_the_generic_path():
               auto_map={"AutoModelForCausalLM": "modeling_mylab.MyLabForCausalLM"}),
          "MyLabForCausalLM", "trust_remote_code"),
         (dict(model_type="not-a-model"), "'not-a-model'", "not part of transformers"),
+        (dict(architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=8),
+         "MixtralForCausalLM", "mixture of 8 experts"),
     ],
 )  # fmt: skip
 def test_refusals_name_the_architecture_and_the_reason(fields, named, reason):

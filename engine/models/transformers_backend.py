@@ -245,6 +245,14 @@ def _layout_refusal(subject: str, config) -> str | None:
             f"{subject} has {', '.join(map(repr, other))} layers; pagedesk's paged "
             "attention runs only full and sliding-window attention layers."
         )
+    experts = next((getattr(config, f) for f in _EXPERT_FIELDS if getattr(config, f, None)), None)
+    if experts:
+        # transformers merges per-expert checkpoint tensors on load through its internal
+        # conversion mapping, which is not a public API; refuse before a 10 GB download loads.
+        return (
+            f"{subject} is a mixture of {experts} experts, whose per-expert checkpoint tensors "
+            "the generic path cannot load yet."
+        )
     # (Dynamic NTK is served only up to its original context, where transformers keeps the
     # default frequencies: the loader caps max_model_len there.)
     if "longrope" in _rope_types(config):
@@ -253,6 +261,9 @@ def _layout_refusal(subject: str, config) -> str | None:
             "batch's longest sequence, which a shared paged cache cannot follow."
         )
     return None
+
+
+_EXPERT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 def _rope_types(config) -> set[str]:
