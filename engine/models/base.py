@@ -13,7 +13,7 @@ positions, kv_caches, meta)` returns the final hidden states) and states:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,38 @@ def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
         return t.device, t.dtype, t.data_ptr(), t.stride()
 
     return key(a) == key(b)
+
+
+def copy_checkpoint(
+    weights: Iterable[tuple[str, torch.Tensor]],
+    param_view: Callable[[str], torch.Tensor | None],
+    key: Callable[[str], str],
+) -> set[str]:
+    """Copy each checkpoint tensor into `param_view(name)` (skipped when None, not copied when
+    it already is that memory); returns `key(name)` of every tensor loaded. ValueError on a
+    shape mismatch."""
+    seen: set[str] = set()
+    with torch.no_grad():
+        for name, tensor in weights:
+            dst = param_view(name)
+            if dst is None:
+                continue
+            if dst.shape != tensor.shape:
+                raise ValueError(
+                    f"Weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dst.shape)}."
+                )
+            if not _same_memory(tensor, dst):
+                dst.copy_(tensor)
+            seen.add(key(name))
+    return seen
+
+
+def raise_if_missing(missing: Iterable[str]) -> None:
+    """ValueError naming (the first 8 of) the parameters the checkpoint did not fill."""
+    missing = sorted(missing)
+    if missing:
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        raise ValueError(f"Weights missing from the checkpoint: {', '.join(missing[:8])}{more}.")
 
 
 class PagedCausalLM(nn.Module):
@@ -95,26 +127,8 @@ class PagedCausalLM(nn.Module):
         read straight into) is not copied. Raises ValueError on a shape mismatch, an unknown
         name, or a parameter left unloaded.
         """
-        expected = self._expected_hf_names()
-        seen: set[str] = set()
-        with torch.no_grad():
-            for name, tensor in weights:
-                dst = self.param_view(name)
-                if dst is None:
-                    continue
-                if dst.shape != tensor.shape:
-                    raise ValueError(
-                        f"Weight {name!r} has shape {tuple(tensor.shape)}, "
-                        f"expected {tuple(dst.shape)}."
-                    )
-                if not _same_memory(tensor, dst):
-                    dst.copy_(tensor)
-                seen.add(self._canonical(name))
-        missing = sorted(expected - seen)
-        if missing:
-            more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-            names = ", ".join(missing[:8])
-            raise ValueError(f"Weights missing from the checkpoint: {names}{more}.")
+        seen = copy_checkpoint(weights, self.param_view, self._canonical)
+        raise_if_missing(self._expected_hf_names() - seen)
 
     def param_view(self, hf_name: str) -> torch.Tensor | None:
         """The part of our parameters that the Hugging Face tensor `hf_name` fills (rows of a

@@ -23,60 +23,35 @@ from engine.models.layers import (
     Embedding,
     GatedMLP,
     KVCache,
-    Linear,
-    PagedAttention,
     RMSNorm,
     RotaryEmbedding,
-    apply_rope,
     head_dim_of,
     layer_types_of,
-    sliding_window_of,
 )
+from engine.models.llama import RotaryAttention
 
 
 def _norm(config, size: int | None = None) -> RMSNorm:
     return RMSNorm(size or config.hidden_size, config.rms_norm_eps, zero_centred=True)
 
 
-class GemmaAttention(nn.Module):
-    def __init__(self, config, layer_idx: int):
-        super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = head_dim_of(config)
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
-        bias = bool(getattr(config, "attention_bias", False))
-        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = Linear(self.q_size, config.hidden_size, bias=bias)
-        self.qk_norm = config.model_type == "gemma3_text"
-        if self.qk_norm:
-            self.q_norm = _norm(config, self.head_dim)
-            self.k_norm = _norm(config, self.head_dim)
-        scalar = getattr(config, "query_pre_attn_scalar", None) or self.head_dim
-        self.attn = PagedAttention(
-            self.num_heads, self.num_kv_heads, self.head_dim, scalar**-0.5,
-            sliding_window=sliding_window_of(config, layer_idx),
-            softcap=getattr(config, "attn_logit_softcapping", None),
-        )  # fmt: skip
-
-    def forward(self, hidden, cos, sin, kv_cache: KVCache, meta: AttentionMetadata):
-        n = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], -1)
-        q = q.view(n, self.num_heads, self.head_dim)
-        k = k.view(n, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm.norm(q), self.k_norm.norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        v = v.view(n, self.num_kv_heads, self.head_dim)
-        return self.o_proj(self.attn(q, k, v, kv_cache, meta))
+def gemma_attention(config, layer_idx: int) -> RotaryAttention:
+    """Llama's attention with Gemma's scale (query_pre_attn_scalar), Gemma 2's softcap and
+    Gemma 3's zero-centred q/k norms."""
+    bias = bool(getattr(config, "attention_bias", False))
+    scalar = getattr(config, "query_pre_attn_scalar", None) or head_dim_of(config)
+    return RotaryAttention(
+        config, layer_idx, qkv_bias=bias, o_bias=bias,
+        qk_norm=config.model_type == "gemma3_text", zero_centred_qk_norm=True,
+        scale=scalar**-0.5, softcap=getattr(config, "attn_logit_softcapping", None),
+    )  # fmt: skip
 
 
 class GemmaDecoderLayer(nn.Module):
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.layer_type = layer_types_of(config)[layer_idx]
-        self.self_attn = GemmaAttention(config, layer_idx)
+        self.self_attn = gemma_attention(config, layer_idx)
         act = getattr(config, "hidden_activation", None) or "gelu_pytorch_tanh"
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, act)
         self.input_layernorm = _norm(config)

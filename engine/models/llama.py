@@ -40,10 +40,24 @@ def _biases(config) -> tuple[bool, bool]:
     return bias, bias
 
 
-class LlamaAttention(nn.Module):
-    def __init__(self, config, layer_idx: int):
+class RotaryAttention(nn.Module):
+    """Merged q/k/v projection, optional per-head q/k norm, RoPE, paged attention, output
+    projection: the attention of Llama, Qwen, Mistral, Phi-3 and Gemma, each stating its
+    biases, q/k norm, scale and softcap."""
+
+    def __init__(
+        self,
+        config,
+        layer_idx: int,
+        *,
+        qkv_bias: bool,
+        o_bias: bool,
+        qk_norm: bool = False,
+        zero_centred_qk_norm: bool = False,
+        scale: float | None = None,
+        softcap: float | None = None,
+    ):
         super().__init__()
-        qkv_bias, o_bias = _biases(config)
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = head_dim_of(config)
@@ -51,13 +65,15 @@ class LlamaAttention(nn.Module):
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
         self.o_proj = Linear(self.q_size, config.hidden_size, bias=o_bias)
-        self.qk_norm = config.model_type == "qwen3"
-        if self.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qk_norm = qk_norm
+        if qk_norm:
+            eps, zc = config.rms_norm_eps, zero_centred_qk_norm
+            self.q_norm = RMSNorm(self.head_dim, eps, zero_centred=zc)
+            self.k_norm = RMSNorm(self.head_dim, eps, zero_centred=zc)
         self.attn = PagedAttention(
-            self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5,
-            sliding_window=sliding_window_of(config, layer_idx),
+            self.num_heads, self.num_kv_heads, self.head_dim,
+            scale if scale is not None else self.head_dim**-0.5,
+            sliding_window=sliding_window_of(config, layer_idx), softcap=softcap,
         )  # fmt: skip
 
     def forward(
@@ -82,7 +98,11 @@ class LlamaAttention(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config, layer_idx: int):
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer_idx)
+        qkv_bias, o_bias = _biases(config)
+        self.self_attn = RotaryAttention(
+            config, layer_idx, qkv_bias=qkv_bias, o_bias=o_bias,
+            qk_norm=config.model_type == "qwen3",
+        )  # fmt: skip
         self.mlp = GatedMLP(
             config.hidden_size, config.intermediate_size, getattr(config, "hidden_act", "silu"),
             bias=bool(getattr(config, "mlp_bias", False)),

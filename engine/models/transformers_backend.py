@@ -37,6 +37,7 @@ from torch import nn
 
 import kernels
 from engine.attention import AttentionMetadata
+from engine.models.base import copy_checkpoint, raise_if_missing
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -610,34 +611,16 @@ class TransformersForCausalLM(nn.Module):
         already is its destination (`param_view`, which the loader may read into) is not
         copied. ValueError on a shape mismatch, an unknown name, or a parameter left unloaded
         (one of a tied group is enough)."""
-        seen: set[str] = set()
-        with torch.no_grad():
-            for name, tensor in weights:
-                dst = self.param_view(name)
-                if dst is None:
-                    continue
-                if dst.shape != tensor.shape:
-                    raise ValueError(
-                        f"Weight {name!r} has shape {tuple(tensor.shape)}, "
-                        f"expected {tuple(dst.shape)}."
-                    )
-                if not _same_memory(tensor, dst):
-                    dst.copy_(tensor)
-                seen.add(self._resolve(name))
-        self._check_complete(seen)
+        self._check_complete(copy_checkpoint(weights, self.param_view, self._resolve))
         self._probe()
 
     def _check_complete(self, seen: set[str]) -> None:
         tied = {name: group for group in self._tied for name in group}
-        missing = sorted(
+        raise_if_missing(
             name
             for name in self._param_names
             if name not in seen and not seen.intersection(tied.get(name, ()))
         )
-        if missing:
-            more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-            names = ", ".join(missing[:8])
-            raise ValueError(f"Weights missing from the checkpoint: {names}{more}.")
 
     def _probe(self) -> None:
         """One two-token pass over a scratch cache right after loading, so that code which
@@ -702,10 +685,3 @@ class TransformersForCausalLM(nn.Module):
             return hf_name
         prefixed = f"{self.hf.base_model_prefix}.{hf_name}"
         return prefixed if prefixed in self._known else hf_name
-
-
-def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    def key(t: torch.Tensor) -> tuple:
-        return t.device, t.dtype, t.data_ptr(), t.stride()
-
-    return key(a) == key(b)
