@@ -288,6 +288,27 @@ def test_numbers_match_an_independent_count(view, cache):
     assert "Σ" in view.numbers.findChild(QLabel, "kvWasteLabel").toolTip()
 
 
+def test_window_waste_row_only_for_sliding_window_models(view, cache):
+    """The row counts, per windowed layer, the blocks wholly before each request's next
+    window; a model without windows does not show it."""
+    kv, _ = cache
+    per_token = 4 * 2 * 16 * 2 * 2  # 4 layers, 2 KV heads of 16, K and V, fp16
+    row = (view.numbers.keys["kvWindowWasteLabel"], view.numbers.labels["kvWindowWasteLabel"])
+    show(view, dataclasses.replace(kv.snapshot(), kv_bytes_per_token=per_token,
+                                   layer_windows=(None,) * 4))  # fmt: skip
+    assert all(w.isHidden() for w in row)
+    window = 5
+    snap = dataclasses.replace(kv.snapshot(), kv_bytes_per_token=per_token,
+                               layer_windows=(window, None, window, None))  # fmt: skip
+    show(view, snap)
+    assert not any(w.isHidden() for w in row)
+    blocks = 2 * sum(max(0, len(t) - window + 1) // BS for t in snap.request_token_ids.values())
+    assert blocks > 0
+    mib = blocks * BS * (per_token // 4) / 2**20
+    assert row[1].text() == (f"{blocks:,} layer-blocks · {mib:.1f} MiB outside the window "
+                             f"(W = {window}) of 2 of 4 layers")  # fmt: skip
+
+
 def test_event_log_filters_and_click_highlights(view, cache, qtbot):
     kv, _ = cache
     snap = kv.snapshot()

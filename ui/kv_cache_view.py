@@ -107,6 +107,7 @@ class KVNumbers(QFrame):
         self.step = QLabel("", self)
         self.step.setObjectName("kvStepLabel")
         self.labels: dict[str, QLabel] = {}
+        self.keys: dict[str, QLabel] = {}
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
         form.setHorizontalSpacing(10)
@@ -127,6 +128,7 @@ class KVNumbers(QFrame):
         label = QLabel(title, self)
         label.setToolTip(FORMULAS[name])
         label.setStyleSheet("color: palette(placeholder-text);")
+        self.keys[name] = label
         return label
 
     def _value(self, name: str) -> QLabel:
@@ -161,6 +163,11 @@ class KVNumbers(QFrame):
                               f"{snap.prefix_queries:,} tokens",
             "kvContiguousLabel": kv_metrics.paged_vs_contiguous(snap).describe(),
         }  # fmt: skip
+        # The window-waste row only for a model with sliding-window layers (Mistral, Gemma 2).
+        windowed = any(snap.layer_windows)
+        for widget in (self.keys["kvWindowWasteLabel"], self.labels["kvWindowWasteLabel"]):
+            if widget.isHidden() == windowed:
+                widget.setVisible(windowed)
         for name, text in texts.items():
             if self.labels[name].text() != text:  # a relayout per frame would cost more
                 self.labels[name].setText(text)
