@@ -3,7 +3,8 @@
 # mid-conversation on the bundled model, to docs/screenshot.png (or the path given), and
 # the learner's panels during a three-session run to docs/panels*.png, and the model manager
 # (against the tests' local fake Hub: this machine cannot reach the real one) to
-# docs/models-*.png (the folder of it). `--only models|panels|window` takes one of them.
+# docs/models-*.png (the folder of it). `--only models|panels|window|window-waste` takes one of them (the last: the KV
+# panel on a sliding-window model, docs/panel-kv-window.png).
 # Installs Xvfb and the X libraries Qt's xcb platform needs when they are missing; note that
 # Qt blames xcb-cursor0 when libxcb-icccm4 or libxcb-keysyms1 is what is missing.
 set -euo pipefail
@@ -29,3 +30,4 @@ export DISPLAY=":$n" QT_QPA_PLATFORM=xcb
 if shot window; then .venv/bin/python scripts/screenshot.py "$out"; fi
 if shot panels; then .venv/bin/python scripts/screenshot_panels.py "$(dirname "$out")"; fi
 if shot models; then .venv/bin/python scripts/screenshot_models.py "$(dirname "$out")"; fi
+if shot window-waste; then .venv/bin/python scripts/screenshot_window_waste.py "$(dirname "$out")"; fi
