@@ -71,7 +71,7 @@ def test_local_list_shows_the_bundled_model(qtbot, manager):
     qtbot.waitUntil(lambda: table.rowCount() >= 1, timeout=10_000)
     assert cell(table, 0, 0) == "SmolLM2-135M-Instruct (bundled)"
     assert cell(table, 0, 3) == "llama" and cell(table, 0, 4) == "8,192"
-    assert cell(table, 0, 6) == "yes"
+    assert cell(table, 0, 6) == "native Llama"  # the path it runs on
     # Its fit before loading, by hand: SmolLM2-135M has 134,515,008 parameters (tied head);
     # bf16 on a GPU; K and V of 30 layers x 3 heads x 64 per token; an 8k context; the stated
     # overhead of 512 MiB + 10% of the weights.
@@ -149,7 +149,7 @@ def test_download_moves_the_bars_to_100_and_offers_load(qtbot, manager, fake_hub
     table = window.local.table
     qtbot.waitUntil(lambda: any(cell(table, r, 0) == TINY for r in range(table.rowCount())),
                     timeout=10_000)  # fmt: skip
-    assert cell(table, column_of(table, TINY), 6) == "yes"
+    assert cell(table, column_of(table, TINY), 6) == "native Llama"
 
 
 def test_cancel_keeps_the_partial_bytes_and_resume_finishes(qtbot, manager, fake_hub, hf_home):

@@ -1,6 +1,7 @@
 """The model manager's Local models tab: the models on this machine, with Load, Add and
 Delete. Rows are any objects with LocalModel's fields (name, kind, size_on_disk,
-architecture, context_length, supported, why_not, repo_id, path): the app gives them."""
+architecture, context_length, supported, why_not, repo_id, path, and optionally runs_as:
+"native Llama" / "generic (transformers X)", shown as "Runs here"): the app gives them."""
 
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ class LocalModelsView(QWidget):
         context = f"{model.context_length:,}" if model.context_length else "—"
         cells = {0: model.name, 1: KIND_LABELS.get(model.kind, model.kind),
                  2: human_bytes(model.size_on_disk), 3: model.architecture or "—", 4: context,
-                 6: "yes" if model.supported else "no"}  # fmt: skip
+                 6: (getattr(model, "runs_as", "") or "yes") if model.supported else "no"}  # fmt: skip
         for column, text in cells.items():
             item = QTableWidgetItem(text)
             item.setToolTip(str(model.path) if column == 0 else model.why_not)
