@@ -24,7 +24,6 @@ GGUF_BITS = {"Q2_K": 2.6, "Q3_K_S": 3.5, "Q3_K_M": 3.9, "Q3_K_L": 4.3, "Q4_0": 4
              "Q4_1": 5.0, "Q4_K_S": 4.6, "Q4_K_M": 4.85, "Q5_0": 5.5, "Q5_1": 6.0,
              "Q5_K_S": 5.5, "Q5_K_M": 5.7, "Q6_K": 6.56, "Q8_0": 8.5, "F16": 16.0,
              "BF16": 16.0, "F32": 32.0}  # fmt: skip
-SUPPORTED_TYPES = ("llama", "mistral", "qwen2")  # model_type tags of the engine's architectures
 GGUF_NOTE = (" pagedesk dequantises a GGUF file when it loads it, so a smaller quantisation "
              "saves disk, not memory.")  # fmt: skip
 Memory = tuple[int, str]  # (free bytes, device name), from fit_estimate.free_memory
@@ -111,11 +110,22 @@ def _support_from_listing(info: Any, tags: list[str]) -> tuple[bool | None, str]
     if not tags:
         return None, "The Hub lists no architecture: choose the model to read its config."
     if "gguf" in tags and "safetensors" not in tags:
-        return gguf_support_status("llama" if "llama" in tags else None)
-    if any(t in SUPPORTED_TYPES for t in tags):
-        return True, ""
-    return False, ("Its Hub tags name no architecture pagedesk runs (LlamaForCausalLM, "
-                   "MistralForCausalLM, Qwen2ForCausalLM).")  # fmt: skip
+        from engine.gguf_loader import SUPPORTED_GGUF_ARCHITECTURES
+
+        arch = next((t for t in tags if t in SUPPORTED_GGUF_ARCHITECTURES), None)
+        return gguf_support_status(arch)
+    # A tag that is a transformers model_type: the engine's registry judges it (native
+    # family, generic path, or a refusal with its reason).
+    model_type = next((t for t in tags if _is_model_type(t)), None)
+    if model_type:
+        return support_status({"model_type": model_type})
+    return False, "Its Hub tags name no model type transformers knows."
+
+
+def _is_model_type(tag: str) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return tag in CONFIG_MAPPING_NAMES
 
 
 # ---------------------------------------------------------------- a chosen model
