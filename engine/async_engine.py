@@ -110,6 +110,8 @@ class AsyncEngine:
         self.step_delay = 0.0
         self._ids = itertools.count()
         self.error: BaseException | None = None
+        self._released = False
+        self._release_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pagedesk-engine", daemon=True)
         self._thread.start()
 
@@ -214,6 +216,15 @@ class AsyncEngine:
             raise ValueError(f"request_id {request_id!r} is already in use")
         stream = _Stream(asyncio.get_running_loop())
         self._streams[request_id] = stream
+        # Checked again once the stream is registered: a death (or shutdown) between the
+        # first check and the registration broadcast to the streams it saw, not this one,
+        # which would then wait forever. The thread sets `error` / `_stopping` before it
+        # copies the streams, so one of the two always reaches us.
+        try:
+            self._check_alive()
+        except EngineDeadError:
+            self._streams.pop(request_id, None)
+            raise
         params = sampling_params or SamplingParams()
         self._send(_Add(request_id, self.tokenize_prompt(prompt), params, stream))
         finished = False
@@ -287,6 +298,8 @@ class AsyncEngine:
             self._fail_step_requests(dead)
         finally:
             self._between_steps.set()
+            if self._stopping:  # a shutdown that stopped waiting for us left this to do
+                self._release()
 
     def _idle(self) -> None:
         """Nothing to do (or paused): hand over what is pending, sleep until woken."""
@@ -393,6 +406,20 @@ class AsyncEngine:
         for stream in list(self._streams.values()):
             stream.put(closed)
         self._fail_step_requests(closed)
+        if self._thread.is_alive():
+            # Still inside a step (or a call): freeing the model under it would crash it.
+            # The thread frees it itself when that step returns.
+            log.warning("engine step still running %.0f s after shutdown; the model is "
+                        "freed when it ends", timeout)  # fmt: skip
+            return
+        self._release()
+
+    def _release(self) -> None:
+        """Free model and cache memory, once, from whichever thread ends last."""
+        with self._release_lock:
+            if self._released:
+                return
+            self._released = True
         device = self.engine.device
         self.engine.release()  # facts (tokenizer, model name) stay readable afterwards
         gc.collect()

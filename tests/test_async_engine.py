@@ -200,3 +200,57 @@ def test_abort_of_the_only_request_ends_its_stream(model_dir):
     assert len(outs[-1].outputs[0].token_ids) < 500
     assert engine.engine.kv_manager.usage == 0
     engine.shutdown()
+
+
+class _Die(BaseException):
+    """Not an Exception: it passes _run_call's handler and kills the engine thread."""
+
+
+def test_generate_racing_the_engine_death_fails_instead_of_waiting_forever(model_dir):
+    """The interleaving that hung: generate() passes its liveness check, the engine thread
+    dies and tells every stream it knows, and only then does generate register its own."""
+    engine = AsyncEngine(config(model_dir))
+    first_check = engine._check_alive
+
+    def check_then_die() -> None:
+        first_check()
+        engine._check_alive = first_check  # the second check is the real one
+        engine.call_in_engine(lambda _: (_ for _ in ()).throw(_Die()))
+        engine._thread.join(10)
+        assert engine.is_dead
+
+    engine._check_alive = check_then_die
+
+    async def main():
+        async for _ in engine.generate(PROMPTS[0], greedy(3)):
+            pass
+
+    with pytest.raises(EngineDeadError):
+        asyncio.run(asyncio.wait_for(main(), 10))  # a TimeoutError here is the old hang
+    assert not engine._streams
+    engine.shutdown()
+
+
+def test_shutdown_keeps_the_model_while_a_step_still_runs(model_dir):
+    """shutdown(timeout) that gives up on a busy engine thread must not free the model under
+    it; the thread frees it when its work ends."""
+    import threading
+
+    engine = AsyncEngine(config(model_dir))
+    inside, release = threading.Event(), threading.Event()
+
+    def busy(llm_engine):
+        inside.set()
+        release.wait(20)
+        return llm_engine.runner.model is not None  # still there while we run
+
+    future = engine.call_in_engine(busy)
+    assert inside.wait(10)
+    model_ref = weakref.ref(engine.engine.runner.model)
+    engine.shutdown(timeout=0.2)
+    assert engine.engine.runner.model is not None, "freed while the engine thread used it"
+    release.set()
+    assert future.result(10) is True
+    engine._thread.join(10)
+    gc.collect()
+    assert model_ref() is None and engine.engine.runner.model is None
