@@ -110,8 +110,10 @@ class AsyncEngine:
         self.step_delay = 0.0
         self._ids = itertools.count()
         self.error: BaseException | None = None
-        self._released = False
+        # shutdown() and the thread's end agree, under this lock, on who frees the model.
         self._release_lock = threading.Lock()
+        self._thread_done = False
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="pagedesk-engine", daemon=True)
         self._thread.start()
 
@@ -298,8 +300,13 @@ class AsyncEngine:
             self._fail_step_requests(dead)
         finally:
             self._between_steps.set()
-            if self._stopping:  # a shutdown that stopped waiting for us left this to do
-                self._release()
+            with self._release_lock:
+                self._thread_done = True
+                abandoned = self._abandoned
+            if abandoned:  # a shutdown that stopped waiting for us left this to do
+                # Only drop the references: a gc.collect() here, off the GUI thread, could
+                # finalise the app's Qt objects in the wrong thread.
+                self.engine.release()
 
     def _idle(self) -> None:
         """Nothing to do (or paused): hand over what is pending, sleep until woken."""
@@ -406,20 +413,18 @@ class AsyncEngine:
         for stream in list(self._streams.values()):
             stream.put(closed)
         self._fail_step_requests(closed)
-        if self._thread.is_alive():
-            # Still inside a step (or a call): freeing the model under it would crash it.
-            # The thread frees it itself when that step returns.
-            log.warning("engine step still running %.0f s after shutdown; the model is "
-                        "freed when it ends", timeout)  # fmt: skip
-            return
+        with self._release_lock:
+            if not self._thread_done:
+                # Still inside a step (or a call): freeing the model under it would crash
+                # it. The thread drops it itself when that step returns.
+                self._abandoned = True
+                log.warning("engine step still running %.1f s after shutdown; the model is "
+                            "freed when it ends", timeout)  # fmt: skip
+                return
         self._release()
 
     def _release(self) -> None:
-        """Free model and cache memory, once, from whichever thread ends last."""
-        with self._release_lock:
-            if self._released:
-                return
-            self._released = True
+        """Free model and cache memory (the engine thread has ended)."""
         device = self.engine.device
         self.engine.release()  # facts (tokenizer, model name) stay readable afterwards
         gc.collect()
