@@ -13,10 +13,26 @@ also use the pure modules `engine.kv_metrics`, `engine.kv_events`, `engine.kv_lo
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on first use
+    from engine.async_engine import AsyncEngine, EngineDeadError
+    from engine.config import EngineConfig
+    from engine.kv_events import KVEvent
+    from engine.kv_snapshot import BlockState, KVSnapshot
+    from engine.llm import LLM
+    from engine.llm_engine import LLMEngine
+    from engine.models import ModelPath, UnsupportedModelError
+    from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+    from engine.sampling_params import SamplingParams
+    from engine.stats import ScheduledEntry, StepKind, StepStats
 
 _EXPORTS = {
     "LLM": "engine.llm",
+    "AsyncEngine": "engine.async_engine",
+    "EngineDeadError": "engine.async_engine",
+    "UnsupportedModelError": "engine.models",
+    "ModelPath": "engine.models",
     "LLMEngine": "engine.llm_engine",
     "EngineConfig": "engine.config",
     "SamplingParams": "engine.sampling_params",

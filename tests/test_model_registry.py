@@ -78,3 +78,13 @@ def test_the_lists_agree():
     assert "OPTForCausalLM" in SUPPORTED_ARCHITECTURES and "Gemma3ForCausalLM" in SUPPORTED_ARCHITECTURES
     assert NATIVE_FAMILIES == ("Llama", "Mistral", "Qwen2", "Qwen3", "Phi-3", "OPT", "GPT-2",
                                "Gemma", "Gemma 2", "Gemma 3")  # fmt: skip
+
+
+def test_the_engine_package_exports_the_public_names():
+    import engine
+    from engine.async_engine import AsyncEngine, EngineDeadError
+    from engine.models import ModelPath as Path_, UnsupportedModelError as Refused
+
+    assert (engine.AsyncEngine, engine.EngineDeadError) == (AsyncEngine, EngineDeadError)
+    assert (engine.ModelPath, engine.UnsupportedModelError) == (Path_, Refused)
+    assert {"AsyncEngine", "EngineDeadError", "UnsupportedModelError"} <= set(engine.__all__)
