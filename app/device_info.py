@@ -42,15 +42,15 @@ def cpu_reason(requested: str) -> str:
     return "CUDA is available but was not used"
 
 
-def engine_info(llm_engine, requested_device: str = "auto") -> EngineInfo:
-    block_size = llm_engine.config.block_size
+def engine_info(facts, requested_device: str = "auto") -> EngineInfo:
+    """The status bar's strings from `AsyncEngine.info()` (engine.async_engine.EngineFacts)."""
     return EngineInfo(
-        model_name=llm_engine.model_name,
-        device=describe_device(llm_engine.device, requested_device),
-        attention_backend=str(llm_engine.attention_backend),
-        kv_tokens=llm_engine.num_kv_blocks * block_size,
-        num_kv_blocks=llm_engine.num_kv_blocks,
-        block_size=block_size,
-        max_model_len=llm_engine.max_model_len,
-        model_path=llm_engine.model_path.label,
+        model_name=facts.model_name,
+        device=describe_device(facts.device, requested_device),
+        attention_backend=facts.attention_backend,
+        kv_tokens=facts.num_kv_blocks * facts.block_size,
+        num_kv_blocks=facts.num_kv_blocks,
+        block_size=facts.block_size,
+        max_model_len=facts.max_model_len,
+        model_path=facts.model_path,
     )

@@ -45,7 +45,7 @@ def build_engine(config_fields: dict[str, Any], loaded: Any = None) -> tuple[Any
     finally:
         gc.freeze()
         gc.enable()
-    return engine, engine_info(engine.engine, config.device)
+    return engine, engine_info(engine.info(), config.device)
 
 
 class EngineService(QObject):

@@ -67,6 +67,33 @@ class _Call:
     future: concurrent.futures.Future
 
 
+@dataclass(frozen=True, slots=True)
+class EngineFacts:
+    """What does not change while an engine lives: `AsyncEngine.info()`."""
+
+    model_name: str
+    model_path: str  # "native Llama", "generic (transformers X)"
+    device: torch.device
+    dtype: torch.dtype
+    attention_backend: str
+    num_kv_blocks: int
+    block_size: int
+    max_model_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMetrics:
+    """The live numbers after the latest step: `AsyncEngine.metrics()`. Made by the engine
+    thread, read whole by any other (a /metrics scrape, the status bar)."""
+
+    num_steps: int = 0
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_usage: float = 0.0  # share of blocks held by requests (0-1)
+    prefix_queries: int = 0  # prompt tokens looked up in the prefix cache so far
+    prefix_hits: int = 0  # of which were found
+
+
 class _Stream:
     """One request's channel from the engine thread to its asyncio consumer."""
 
@@ -114,6 +141,8 @@ class AsyncEngine:
         self._release_lock = threading.Lock()
         self._thread_done = False
         self._abandoned = False
+        self._info = self._facts()
+        self._metrics = self._measure()
         self._thread = threading.Thread(target=self._run, name="pagedesk-engine", daemon=True)
         self._thread.start()
 
@@ -315,6 +344,26 @@ class AsyncEngine:
         self._wake.wait()
         self._wake.clear()
 
+    def info(self) -> EngineFacts:
+        """The engine's fixed facts; readable from any thread, also after shutdown()."""
+        return self._info
+
+    def metrics(self) -> EngineMetrics:
+        """The live numbers as of the latest step (one immutable record, swapped whole by the
+        engine thread: never half of one step and half of the next)."""
+        return self._metrics
+
+    def _facts(self) -> EngineFacts:
+        e = self.engine
+        return EngineFacts(e.model_name, e.model_path.label, e.device, e.dtype,
+                           str(e.attention_backend), e.num_kv_blocks, e.config.block_size,
+                           e.max_model_len)  # fmt: skip
+
+    def _measure(self) -> EngineMetrics:
+        e, kv = self.engine, self.engine.kv_manager
+        return EngineMetrics(e.num_steps, len(e.scheduler.running), len(e.scheduler.waiting),
+                             kv.usage, kv.prefix_queries, kv.prefix_hits)  # fmt: skip
+
     def _step(self) -> StepStats | None:
         """One engine step; its record, or None if nothing could be scheduled."""
         before = self.engine.num_steps
@@ -322,6 +371,7 @@ class AsyncEngine:
             stream = self._streams.get(out.request_id)
             if stream is not None:
                 stream.put(out)
+        self._metrics = self._measure()
         if self.engine.num_steps == before:
             return None
         record = self.engine.last_step_stats
@@ -349,11 +399,15 @@ class AsyncEngine:
             self._wake.clear()
 
     def _drain_commands(self) -> None:
+        drained = False
         while True:
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
+                if drained:  # requests added or aborted: the waiting count changed
+                    self._metrics = self._measure()
                 return
+            drained = True
             if isinstance(command, _Abort):
                 self.engine.abort_request(command.request_id)
             elif isinstance(command, _Call):

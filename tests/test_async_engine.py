@@ -254,3 +254,29 @@ def test_shutdown_keeps_the_model_while_a_step_still_runs(model_dir):
     engine._thread.join(10)
     gc.collect()
     assert model_ref() is None and engine.engine.runner.model is None
+
+
+def test_info_and_metrics_are_read_only_records(model_dir):
+    """info(): the engine's fixed facts; metrics(): one record per step, swapped whole, that
+    agrees with the engine's own state once it is idle."""
+    engine = AsyncEngine(config(model_dir, num_kv_blocks=64))
+    facts = engine.info()
+    assert (facts.model_name, facts.model_path) == ("llama", "native Llama")
+    assert (facts.num_kv_blocks, facts.block_size, facts.attention_backend) == (64, 8, "torch")
+    assert facts.max_model_len == engine.max_model_len
+    assert engine.metrics().num_steps == 0 and engine.metrics().num_running == 0
+    seen = []
+
+    async def main():
+        async for _ in engine.generate(PROMPTS[3], greedy(6)):
+            seen.append(engine.metrics())
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert any(m.num_running == 1 and m.kv_usage > 0 for m in seen)
+    time.sleep(0.2)
+    core, final = engine.engine, engine.metrics()
+    assert final.num_steps == core.num_steps and final.num_running == 0
+    assert final.kv_usage == core.kv_manager.usage == 0
+    assert final.prefix_queries == core.kv_manager.prefix_queries > 0
+    engine.shutdown()
+    assert engine.info() == facts  # still readable after shutdown

@@ -30,28 +30,25 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 
 
 class _EngineCollector(Collector):
-    """Reads the engine's scheduler and KV cache at scrape time (plain reads of ints and
-    list lengths, which are safe from another thread under the GIL)."""
+    """Reads `AsyncEngine.metrics()` at scrape time: one immutable record the engine thread
+    swaps after each step, so a scrape never sees half of a step."""
 
     def __init__(self, async_engine: Any, model_name: str):
         self.async_engine = async_engine
         self.model_name = model_name
 
     def collect(self) -> Iterator[Metric]:
-        core = getattr(self.async_engine, "engine", None)  # gone after shutdown()
-        if core is None:
-            return
-        kv, scheduler = core.kv_manager, core.scheduler
+        m = self.async_engine.metrics()
         yield self._gauge("num_requests_running", "Requests in the running batch.",
-                          len(scheduler.running))
+                          m.num_running)
         yield self._gauge("num_requests_waiting", "Requests waiting to be scheduled.",
-                          len(scheduler.waiting))
+                          m.num_waiting)
         yield self._gauge("kv_cache_usage_perc", "Share of KV cache blocks held by requests "
-                          "(0-1).", kv.usage)
+                          "(0-1).", m.kv_usage)
         yield self._counter("prefix_cache_queries", "Prompt tokens looked up in the prefix "
-                            "cache.", kv.prefix_queries)
+                            "cache.", m.prefix_queries)
         yield self._counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.",
-                            kv.prefix_hits)
+                            m.prefix_hits)
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
         family = GaugeMetricFamily(PREFIX + name, doc, labels=["model_name"])
