@@ -4,6 +4,12 @@ There is no prefill phase and no decode phase: every request has a number of com
 tokens to bring up to its length. Running requests go first (oldest first), then waiting
 ones; a prompt larger than the budget left is cut into chunks (chunked prefill); when
 blocks run out, the newest running request is preempted and recomputed later.
+
+The scheduler owns request state: schedule() admits, preempts and sizes each step, and
+update_from_output() applies the step's result (computed tokens, full blocks into the
+prefix cache, sampled tokens, token-based stops, freeing). So scheduler and KV cache
+manager are one unit that runs, and is tested, without a model. Stop strings need text,
+which the engine's output side has: it calls finish() for those.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 
 from engine.kv_cache_manager import KVCacheManager
 from engine.request import Request, RequestStatus
+from engine.sampler import SamplerOutput
 
 
 @dataclass(slots=True)
@@ -48,6 +55,14 @@ class SchedulerOutput:
         return sum(s.num_new_tokens for s in self.scheduled)
 
 
+@dataclass(slots=True)
+class SchedulerUpdate:
+    """What update_from_output changed, for the engine's outputs and stats."""
+
+    sampled: list[Request] = field(default_factory=list)  # got a new token, in batch order
+    finished: list[Request] = field(default_factory=list)  # ended by a token-based stop
+
+
 class Scheduler:
     def __init__(
         self,
@@ -69,9 +84,14 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def finish(self, request: Request, status: RequestStatus) -> None:
-        """Take a request out of the queues and give its blocks back."""
+    def finish(
+        self, request: Request, status: RequestStatus, stop_reason: int | str | None = None
+    ) -> None:
+        """Take a request out of the queues and give its blocks back. `stop_reason`: the
+        stop string (or token) that ended it, when the caller found one."""
         request.status = status
+        if stop_reason is not None:
+            request.stop_reason = stop_reason
         request.finished_time = time.monotonic()
         if request in self.running:
             self.running.remove(request)
@@ -139,3 +159,36 @@ class Scheduler:
             out.scheduled.append(ScheduledRequest(request, n, admitted=True))
             out.num_prefix_hit_tokens += num_cached
             budget -= n
+
+    # ---------------------------------------------------------------- after the step
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, sampled: SamplerOutput
+    ) -> SchedulerUpdate:
+        """Apply one step's result: every scheduled request's computed tokens move on and
+        its newly full blocks enter the prefix cache; each request that reached its last
+        token gets its sampled token (row i of `sampled` is the i-th such request, in batch
+        order) and logprobs; those that hit EOS, a stop token, max_tokens or the context
+        end finish and free their blocks."""
+        # Which requests sample is read before the counts move (it depends on them).
+        sampling = [s.request for s in scheduler_output.scheduled if s.samples]
+        if len(sampled.token_ids) != len(sampling):
+            raise ValueError(f"{len(sampled.token_ids)} sampled tokens for "
+                             f"{len(sampling)} sampling requests")  # fmt: skip
+        for item in scheduler_output.scheduled:
+            item.request.num_computed_tokens += item.num_new_tokens
+            self.kv.cache_full_blocks(item.request)
+        update = SchedulerUpdate(sampled=sampling)
+        for row, request in enumerate(sampling):
+            _append_sampled(request, sampled, row)
+            status = request.check_stop()
+            if status is not None:
+                self.finish(request, status)
+                update.finished.append(request)
+        return update
+
+
+def _append_sampled(request: Request, sampled: SamplerOutput, row: int) -> None:
+    request.append_output_token(sampled.token_ids[row])
+    if request.logprobs is not None:
+        request.logprobs.append(sampled.logprobs[row])
+        request.cumulative_logprob += sampled.chosen_logprobs[row]
