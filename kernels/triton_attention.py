@@ -13,11 +13,14 @@ holding the first row's oldest visible key, and also masks the tiles that reach 
 last row's window (the left edge); SOFTCAP (Gemma 2: s = c * tanh(s / c) on the scaled
 logits) caps the scores before the mask and the log2-domain softmax.
 
-Grid: (num_tokens // BLOCK_Q + num_seqs, num_kv_heads, NUM_SEGMENTS). The first axis is an
+Grid: (num_tokens // BLOCK_Q + num_seqs, num_kv_heads, num_segments). The first axis is an
 upper bound on the number of query tiles, known from shapes alone (no device->host sync);
 each program finds its sequence by binary search over cu_query_lens and idle ones return.
-With NUM_SEGMENTS > 1 (flash-decoding) each program covers 1/NUM_SEGMENTS of the KV tiles
-and writes unnormalised partials; `_reduce_segments_kernel` merges them.
+With SPLIT (flash-decoding) each program covers 1/num_segments of its sequence's KV tiles
+and writes unnormalised partials; `_reduce_segments_kernel` merges them. num_segments is a
+runtime argument (1..MAX_SEGMENTS), so the count can follow a growing context without a
+recompile: which variant a step launches (SPLIT or not, tile shapes) depends on the batch
+shape alone, never on context lengths.
 
 `INTERPRET` is read from TRITON_INTERPRET when this module is imported, which is also when
 @triton.jit decides between compiled and interpreted kernels. Under the interpreter bf16
@@ -39,8 +42,10 @@ from kernels.reference import check_options
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2E = 1.4426950408889634
-# Split-KV segment counts the host may choose (each is one compiled variant).
+# Split-KV segment counts the automatic choice picks (powers of two); any count from 1
+# to MAX_SEGMENTS runs in the same compiled variant (the reduce kernel masks to it).
 SEGMENT_CHOICES = (2, 4, 8, 16, 32, 64)
+MAX_SEGMENTS = SEGMENT_CHOICES[-1]
 
 
 @triton.jit
@@ -157,9 +162,9 @@ def _attend_tile(
 
 
 # Triton specialises integer arguments equal to 1 or divisible by 16 into separate
-# compiled variants; the batch size and the block-table width change from step to step,
-# so they stay generic (no recompiles mid-serving).
-@triton.jit(do_not_specialize=["num_seqs", "stride_bt", "window"])
+# compiled variants; the batch size, the block-table width and the segment count change
+# from step to step, so they stay generic (no recompiles mid-serving).
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt", "window", "num_segments"])
 def _attention_kernel(
     out_ptr,
     q_ptr,
@@ -176,6 +181,7 @@ def _attention_kernel(
     window,
     num_seqs,
     num_heads,
+    num_segments,
     stride_q_tok,
     stride_q_head,
     stride_o_tok,
@@ -194,7 +200,7 @@ def _attention_kernel(
     TILE_N: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_M: tl.constexpr,
-    NUM_SEGMENTS: tl.constexpr,
+    SPLIT: tl.constexpr,
     CAST_F32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SLIDING: tl.constexpr,
@@ -246,8 +252,8 @@ def _attention_kernel(
         first_full = tl.minimum(tl.maximum(first_full, first_tile), num_full)
     else:
         first_tile = 0
-    if NUM_SEGMENTS > 1:
-        per_seg = tl.cdiv(num_tiles - first_tile, NUM_SEGMENTS)
+    if SPLIT:
+        per_seg = tl.cdiv(num_tiles - first_tile, num_segments)
         lo = first_tile + seg * per_seg
         hi = tl.minimum(lo + per_seg, num_tiles)
     else:
@@ -303,10 +309,10 @@ def _attention_kernel(
             )  # fmt: skip
 
     tok = q_start + row_tok
-    if NUM_SEGMENTS > 1:
+    if SPLIT:
         # Partials per (token, head, segment); a segment that saw nothing of a row (no
         # tile, or only masked ones, which leave m = 0) stores m = -inf, l = 0.
-        idx = (tok * num_heads + row_head) * NUM_SEGMENTS + seg
+        idx = (tok * num_heads + row_head) * num_segments + seg
         tl.store(seg_m_ptr + idx, tl.where(l_i > 0, m_i, float("-inf")), mask=row_ok)
         tl.store(seg_l_ptr + idx, l_i, mask=row_ok)
         acc_ptrs = seg_acc_ptr + idx[:, None].to(tl.int64) * HEAD_PAD + offs_d[None, :]
@@ -326,26 +332,28 @@ def _attention_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_segments"])
 def _reduce_segments_kernel(
     out_ptr,
     seg_acc_ptr,
     seg_m_ptr,
     seg_l_ptr,
     num_heads,
+    num_segments,
     stride_o_tok,
     stride_o_head,
     HEAD_DIM: tl.constexpr,
     HEAD_PAD: tl.constexpr,
-    NUM_SEGMENTS: tl.constexpr,
+    MAX_SEGMENTS: tl.constexpr,
 ):
-    """Merge one (token, head)'s segment partials with log-sum-exp weights."""
+    """Merge one (token, head)'s num_segments partials (<= MAX_SEGMENTS, a power of two:
+    tl.arange needs a constexpr size) with log-sum-exp weights."""
     tok = tl.program_id(0)
     head = tl.program_id(1)
-    segs = tl.arange(0, NUM_SEGMENTS)
+    segs = tl.arange(0, MAX_SEGMENTS)
     offs_d = tl.arange(0, HEAD_PAD)
-    idx = (tok * num_heads + head) * NUM_SEGMENTS + segs
-    m = tl.load(seg_m_ptr + idx)
+    idx = (tok * num_heads + head) * num_segments + segs
+    m = tl.load(seg_m_ptr + idx, mask=segs < num_segments, other=float("-inf"))
     live = m > float("-inf")
     m_max = tl.max(m, 0)
     w = tl.where(live, tl.exp2(m - m_max), 0.0)
@@ -368,11 +376,12 @@ class AttentionConfig:
     tile_n: int
     block_q: int
     block_m: int
-    num_segments: int  # 1: no split
+    num_segments: int  # a runtime argument, not compiled in: 1..MAX_SEGMENTS
     num_warps: int
     num_stages: int
     sliding: bool = False  # SLIDING: sliding-window mask and KV-tile skipping
     softcap: bool = False  # SOFTCAP: tanh logit capping
+    split: bool = False  # SPLIT: partials per segment + the reduce kernel (flash-decoding)
 
 
 def choose_config(
@@ -397,6 +406,10 @@ def choose_config(
     length 1). num_segments: None = automatic, 1 = no split, >1 = forced split.
     sliding_window / softcap: the attention options (None = off); a window bounds the KV
     a decode reads, so it also bounds the automatic segment count.
+
+    The automatic choice splits a decode batch that cannot fill the GPU by itself, whatever
+    its contexts: the compiled variant then stays the same while a context grows, and only
+    the runtime segment count (from max_context_bound, at least 1) follows it.
     """
     q_per_kv = num_heads // num_kv_heads
     head_pad = max(16, triton.next_power_of_2(head_dim))
@@ -417,9 +430,13 @@ def choose_config(
         span = max_context_bound
         if sliding_window is not None:  # W positions touch at most cdiv(W - 1, TILE_N) + 1 tiles
             span = min(span, sliding_window + tile_n - 1)
-        num_segments = _auto_segments(
-            num_seqs * num_kv_heads, span, tile_n, num_sms, decode_only
-        )
+        programs = num_seqs * num_kv_heads
+        split = decode_only and programs < num_sms
+        num_segments = _auto_segments(programs, span, tile_n, num_sms) if split else 1
+    else:
+        if not 1 <= num_segments <= MAX_SEGMENTS:
+            raise ValueError(f"num_segments must be in 1..{MAX_SEGMENTS}, got {num_segments}")
+        split = num_segments > 1
     return AttentionConfig(
         q_per_kv=q_per_kv,
         head_dim=head_dim,
@@ -433,22 +450,39 @@ def choose_config(
         num_stages=num_stages,
         sliding=sliding_window is not None,
         softcap=bool(softcap),
+        split=split,
     )
 
 
-def _auto_segments(
-    programs: int, max_context_bound: int, tile_n: int, num_sms: int, decode_only: bool
-) -> int:
-    """Flash-decoding only when a decode batch cannot fill the GPU by itself: aim for
-    about four programs per SM, never more segments than KV tiles."""
-    if not decode_only or programs >= num_sms:
-        return 1
+def _auto_segments(programs: int, max_context_bound: int, tile_n: int, num_sms: int) -> int:
+    """Segments of a split decode batch: aim for about four programs per SM, never more
+    segments than KV tiles (a one-tile context gets 1: the split variant still runs)."""
     want = triton.next_power_of_2(triton.cdiv(4 * num_sms, programs))
     tiles = triton.cdiv(max_context_bound, tile_n)
-    segs = min(want, SEGMENT_CHOICES[-1])
+    segs = min(want, MAX_SEGMENTS)
     while segs > 1 and segs > tiles:
         segs //= 2
-    return segs if segs >= SEGMENT_CHOICES[0] else 1
+    return segs
+
+
+def kernel_constexprs(
+    cfg: AttentionConfig, dtype: torch.dtype, interpret: bool | None = None
+) -> dict:
+    """The compile-time arguments of `_attention_kernel` for one launch (the compile test
+    enumerates variants through this too): everything that selects a compiled variant.
+    interpret: CAST_F32, by default this module's INTERPRET (read at call time)."""
+    interpret = INTERPRET if interpret is None else interpret
+    return {
+        "Q_PER_KV": cfg.q_per_kv, "HEAD_DIM": cfg.head_dim, "HEAD_PAD": cfg.head_pad,
+        "BLOCK_SIZE": cfg.block_size, "TILE_N": cfg.tile_n, "BLOCK_Q": cfg.block_q,
+        "BLOCK_M": cfg.block_m, "SPLIT": cfg.split, "CAST_F32": interpret,
+        "DOT_PRECISION": _dot_precision(dtype), "SLIDING": cfg.sliding, "SOFTCAP": cfg.softcap,
+    }  # fmt: skip
+
+
+def reduce_constexprs(cfg: AttentionConfig) -> dict:
+    """The compile-time arguments of `_reduce_segments_kernel` (independent of the count)."""
+    return {"HEAD_DIM": cfg.head_dim, "HEAD_PAD": cfg.head_pad, "MAX_SEGMENTS": MAX_SEGMENTS}
 
 
 @functools.lru_cache(maxsize=None)
@@ -569,7 +603,7 @@ def _launch(
     target = out if out.stride(-1) == 1 else torch.empty_like(q)
     num_tokens, num_heads, _ = q.shape
     num_seqs, num_kv_heads = seq_lens.shape[0], k_cache.shape[2]
-    split = cfg.num_segments > 1
+    split = cfg.split
     if split:
         seg_m = torch.empty(num_tokens, num_heads, cfg.num_segments, device=q.device)
         seg_l = torch.empty_like(seg_m)
@@ -582,23 +616,19 @@ def _launch(
     _attention_kernel[grid](
         target, q, k_cache, v_cache, block_tables, seq_lens, cu_query_lens,
         seg_acc, seg_m, seg_l,
-        qk_scale, softcap_log2, window or 0, num_seqs, num_heads,
+        qk_scale, softcap_log2, window or 0, num_seqs, num_heads, cfg.num_segments,
         q.stride(0), q.stride(1), target.stride(0), target.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
-        Q_PER_KV=cfg.q_per_kv, HEAD_DIM=cfg.head_dim, HEAD_PAD=cfg.head_pad,
-        BLOCK_SIZE=cfg.block_size, TILE_N=cfg.tile_n, BLOCK_Q=cfg.block_q,
-        BLOCK_M=cfg.block_m, NUM_SEGMENTS=cfg.num_segments, CAST_F32=INTERPRET,
-        DOT_PRECISION=_dot_precision(k_cache.dtype), SLIDING=cfg.sliding, SOFTCAP=cfg.softcap,
+        **kernel_constexprs(cfg, k_cache.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if split:
         _reduce_segments_kernel[(num_tokens, num_heads)](
-            target, seg_acc, seg_m, seg_l, num_heads,
+            target, seg_acc, seg_m, seg_l, num_heads, cfg.num_segments,
             target.stride(0), target.stride(1),
-            HEAD_DIM=cfg.head_dim, HEAD_PAD=cfg.head_pad, NUM_SEGMENTS=cfg.num_segments,
-            num_warps=4,
+            **reduce_constexprs(cfg), num_warps=4,
         )  # fmt: skip
     if target is not out:
         out.copy_(target)

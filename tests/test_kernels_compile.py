@@ -9,15 +9,19 @@ A compile takes ~1-2 s here (fp32 up to ~5 s), so instead of the full product
 the cases below cover every dtype x head size pair in prefill (the heaviest variant) on
 sm_90 and in split-KV decode on sm_80, the heaviest shapes on both targets, every block
 size 8..128 and GQA ratios 1/3/4/8 spread over those, non-split decode, the reduce kernel
-for every padded head size and the smallest and largest segment counts, and store_kv for
-every dtype. The sliding-window and soft-capping variants (SLIDING / SOFTCAP, separately
-and together) compile for prefill, decode and split-KV on both targets, on the heaviest
+for every padded head size (the segment count is a runtime argument: one reduce variant
+serves 1..MAX_SEGMENTS), and store_kv for every dtype. The sliding-window and
+soft-capping variants (SLIDING / SOFTCAP, separately and together) compile for prefill, decode and split-KV on both targets, on the heaviest
 head size and on fp32. Configurations come from `choose_config`, the function the launcher uses, so
 the test follows any change of tiles. Compiles are cached by Triton (~/.triton/cache):
 a rerun without kernel changes takes seconds.
 
 Runs in a child process when this process's kernels are interpreted (TRITON_INTERPRET=1):
-the compiler needs real @triton.jit functions.
+the compiler needs real @triton.jit functions. tests/test_kernels_compile_triton36.py runs
+this file again under the GPU machines' triton (3.6).
+
+Also here: the variants a growing context launches (test_context_growth_compiles_nothing_new),
+with the kernels replaced by recorders, so nothing needs a GPU.
 """
 
 from __future__ import annotations
@@ -54,6 +58,12 @@ else:
     GQA = ((8, 8), (12, 4), (32, 8), (32, 4))  # (num_heads, num_kv_heads): ratios 1, 3, 4, 8
     # A spill of a few bytes (sm_80 prefill) costs nothing measurable; more would.
     MAX_STACK_BYTES = 64
+    # PAGEDESK_COMPILE_CC=90 compiles every case for that target alone (the triton 3.6 run:
+    # the GPU machines are H100/H200, so every variant for sm_90).
+    ONLY_CC = int(os.environ.get("PAGEDESK_COMPILE_CC") or 0)
+
+    def _target(cc: int) -> int:
+        return ONLY_CC or cc
 
     def _signature(fn, types: dict[str, str], constexprs: dict) -> dict[str, str]:
         sig = {}
@@ -67,6 +77,7 @@ else:
         return sig
 
     def _compile(fn, types, constexprs, cc, num_warps, num_stages=2):
+        cc = _target(cc)
         sig = _signature(fn, types, constexprs)
         # At launch Triton marks pointers and ints divisible by 16 (all our pointers and
         # strides are, except what the kernel keeps generic): without the same hint the
@@ -102,6 +113,7 @@ else:
         return {k: int(v) for k, v in (f.split(":") for f in line.split()[:4])}
 
     def _check(kernel, cc: int) -> None:
+        cc = _target(cc)
         assert kernel.asm["ptx"] and kernel.asm["cubin"]
         assert kernel.metadata.shared <= TARGETS[cc], f"shared {kernel.metadata.shared}"
         res = _resources(kernel)
@@ -175,18 +187,11 @@ else:
     def test_attention_kernel_compiles(case):
         dtype, head, block, heads, mode, cc, *options = case
         cfg = _config(dtype, head, block, heads, mode, *options)
-        assert (cfg.num_segments > 1) == (mode == "split")
-        constexprs = {
-            "Q_PER_KV": cfg.q_per_kv, "HEAD_DIM": cfg.head_dim, "HEAD_PAD": cfg.head_pad,
-            "BLOCK_SIZE": cfg.block_size, "TILE_N": cfg.tile_n, "BLOCK_Q": cfg.block_q,
-            "BLOCK_M": cfg.block_m, "NUM_SEGMENTS": cfg.num_segments, "CAST_F32": False,
-            "DOT_PRECISION": ta._dot_precision(dtype), "SLIDING": cfg.sliding,
-            "SOFTCAP": cfg.softcap,
-        }  # fmt: skip
+        assert cfg.split == (mode == "split")
         kernel = _compile(
             ta._attention_kernel,
-            _attention_types(dtype, cfg.num_segments > 1),
-            constexprs,
+            _attention_types(dtype, cfg.split),
+            ta.kernel_constexprs(cfg, dtype, interpret=False),
             cc,
             cfg.num_warps,
             cfg.num_stages,
@@ -194,29 +199,27 @@ else:
         _check(kernel, cc)
 
     @pytest.mark.parametrize(
-        "dtype,head,segments,cc",
+        "dtype,head,cc",
         [
-            (torch.bfloat16, 64, ta.SEGMENT_CHOICES[0], 90),
-            (torch.float16, 80, ta.SEGMENT_CHOICES[-1], 80),
-            (torch.bfloat16, 128, ta.SEGMENT_CHOICES[-1], 90),
-            (torch.float32, 128, 16, 80),
-            (torch.float16, 256, ta.SEGMENT_CHOICES[-1], 90),
-            (torch.bfloat16, 256, ta.SEGMENT_CHOICES[0], 80),
+            (torch.bfloat16, 64, 90),
+            (torch.float16, 80, 80),
+            (torch.bfloat16, 128, 90),
+            (torch.float32, 128, 80),
+            (torch.float16, 256, 90),
+            (torch.bfloat16, 256, 80),
         ],
         ids=lambda v: str(v).replace("torch.", ""),
     )
-    def test_reduce_kernel_compiles(dtype, head, segments, cc):
+    def test_reduce_kernel_compiles(dtype, head, cc):
         types = {"out_ptr": "*" + DTYPES[dtype], "seg_acc_ptr": "*fp32",
                  "seg_m_ptr": "*fp32", "seg_l_ptr": "*fp32"}  # fmt: skip
-        constexprs = {
-            "HEAD_DIM": head,
-            "HEAD_PAD": triton.next_power_of_2(head),
-            "NUM_SEGMENTS": segments,
-        }
+        cfg = _config(dtype, head, 16, (32, 8), "split")
+        constexprs = ta.reduce_constexprs(cfg)
+        assert constexprs["HEAD_PAD"] == triton.next_power_of_2(head)
         kernel = _compile(ta._reduce_segments_kernel, types, constexprs, cc, num_warps=4)
         _check(kernel, cc)
 
-    def test_auto_split_reaches_only_compiled_segment_counts():
+    def test_auto_split_stays_within_max_segments():
         seen = set()
         for seqs, kv, bound in itertools.product((1, 2, 4, 16, 64, 256), (1, 2, 8), (16, 512, 8192)):
             cfg = ta.choose_config(
@@ -224,9 +227,76 @@ else:
                 head_dim=128, block_size=16, dtype=torch.bfloat16,
                 max_context_bound=bound, num_sms=132, decode_only=True,
             )  # fmt: skip
+            assert cfg.split == (seqs * kv < 132)
+            assert cfg.split or cfg.num_segments == 1
             seen.add(cfg.num_segments)
         assert seen <= {1, *ta.SEGMENT_CHOICES}
-        assert 1 in seen and ta.SEGMENT_CHOICES[-1] in seen
+        assert 1 in seen and ta.MAX_SEGMENTS in seen
+
+    class _Recorder:
+        """Stands in for a @triton.jit kernel: `kernel[grid](*args, **kwargs)` records what
+        decides the compiled variant instead of launching. That is every keyword (the
+        constexprs, num_warps, num_stages) and, for each positional argument Triton may
+        specialise on (not in do_not_specialize), its class: an int's `== 1` / `% 16 == 0`,
+        a tensor's dtype and 16-byte alignment."""
+
+        def __init__(self, kernel, log: list):
+            self.kernel, self.log = kernel, log
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                generic = {p.name for p in self.kernel.params if p.do_not_specialize}
+                spec = []
+                for name, value in zip(self.kernel.arg_names, args):
+                    if name in generic:
+                        continue
+                    if isinstance(value, torch.Tensor):
+                        spec.append((name, value.dtype, value.data_ptr() % 16 == 0))
+                    elif isinstance(value, int):
+                        spec.append((name, value == 1, value % 16 == 0))
+                self.log.append((self.kernel.__name__, tuple(sorted(kwargs.items())), tuple(spec)))
+
+            return launch
+
+    def _variants_launched(monkeypatch, num_seqs: int, context_lens, hints: bool) -> set:
+        """The variants a decode batch of num_seqs sequences launches at each context length
+        (Llama-3-8B's heads; the tensors are only shapes: nothing runs)."""
+        log: list = []
+        monkeypatch.setattr(ta, "_attention_kernel", _Recorder(ta._attention_kernel, log))
+        monkeypatch.setattr(ta, "_reduce_segments_kernel", _Recorder(ta._reduce_segments_kernel, log))
+        monkeypatch.setattr(ta, "_num_sms", lambda device: 132)  # an H100's count
+        q = torch.zeros(num_seqs, 32, 128, dtype=torch.bfloat16)
+        k_cache = torch.zeros(4, 16, 8, 128, dtype=torch.bfloat16)
+        cu = torch.arange(num_seqs + 1, dtype=torch.int32)
+        for ctx in context_lens:
+            seq_lens = torch.full((num_seqs,), ctx, dtype=torch.int32)
+            tables = torch.zeros(num_seqs, -(-ctx // 16), dtype=torch.int32)  # grows too
+            kw = {"max_query_len": 1, "max_seq_len": ctx} if hints else {}
+            ta.unified_attention_triton(q, k_cache, k_cache, cu, seq_lens, tables, 0.1, **kw)
+        return set(log)
+
+    @pytest.mark.parametrize("num_seqs", [1, 4, 64])
+    @pytest.mark.parametrize("hints", [True, False], ids=["hints", "shapes"])
+    def test_context_growth_compiles_nothing_new(monkeypatch, num_seqs, hints):
+        """A decode batch whose contexts grow from 1 to 5,000 tokens launches the same
+        compiled variants all along: the split-KV segment count follows the context as a
+        runtime argument, never as a constexpr (each new one used to compile mid-serving)."""
+        contexts = [1, 16, 17, 64, 65, 100, 1000, 5000]
+        variants = _variants_launched(monkeypatch, num_seqs, contexts, hints)
+        by_kernel = {}
+        for name, *_ in variants:
+            by_kernel[name] = by_kernel.get(name, 0) + 1
+        assert by_kernel.pop("_attention_kernel") == 1, sorted(variants)
+        assert by_kernel.pop("_reduce_segments_kernel", 1) == 1, sorted(variants)
+        assert not by_kernel
+        (attention,) = [kwargs for name, kwargs, _ in variants if name == "_attention_kernel"]
+        assert dict(attention)["SPLIT"] == (num_seqs * 8 < 132)
+
+    def test_segment_count_is_a_runtime_argument():
+        for kernel in (ta._attention_kernel, ta._reduce_segments_kernel):
+            generic = {p.name for p in kernel.params if p.do_not_specialize}
+            assert "num_segments" in kernel.arg_names and "num_segments" in generic
+            assert not {"NUM_SEGMENTS"} & set(kernel.arg_names)
 
     @pytest.mark.parametrize(
         "dtype,kv_heads,head,cc",
