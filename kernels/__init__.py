@@ -10,10 +10,15 @@ modules are imported lazily, on first use: @triton.jit picks compiled or interpr
 kernels from TRITON_INTERPRET at that import, so `import kernels` alone fixes nothing and
 works without triton installed. Triton on CPU tensors needs TRITON_INTERPRET=1 set before
 that first use.
+
+Triton launches on the *current* CUDA device (its context and stream), not on the tensors'
+device, so each Triton call runs under `torch.cuda.device(tensor.device)`: an engine on
+cuda:1 launches on cuda:1 whatever the current device is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -66,6 +71,19 @@ def _triton(name: str) -> ModuleType:
     return importlib.import_module(f"kernels.{name}")
 
 
+@functools.lru_cache(maxsize=1)
+def _single_gpu() -> bool:
+    return torch.cuda.device_count() <= 1
+
+
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make `device` the current CUDA device for a Triton launch (a no-op off CUDA, and
+    on a machine with one GPU, where the current device can only be that one)."""
+    if device.type != "cuda" or _single_gpu():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
 def store_kv(
     key: torch.Tensor,
     value: torch.Tensor,
@@ -79,7 +97,8 @@ def store_kv(
     num_kv_heads, head_dim]; slot_mapping: int64 [num_tokens], block_id * block_size +
     offset, -1 to skip a token."""
     if resolve_backend(backend, k_cache.device) == "triton":
-        _triton("triton_store_kv").store_kv_triton(key, value, k_cache, v_cache, slot_mapping)
+        with _on_device(k_cache.device):
+            _triton("triton_store_kv").store_kv_triton(key, value, k_cache, v_cache, slot_mapping)
     else:
         store_kv_torch(key, value, k_cache, v_cache, slot_mapping)
 
@@ -126,8 +145,9 @@ def unified_attention(
         )  # fmt: skip
     attn = _triton("triton_attention")
     segments = None if split_kv is None else (16 if split_kv else 1)
-    return attn.unified_attention_triton(
-        q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out,
-        max_query_len=max_query_len, max_seq_len=max_seq_len, num_segments=segments,
-        sliding_window=sliding_window, softcap=softcap,
-    )  # fmt: skip
+    with _on_device(q.device):
+        return attn.unified_attention_triton(
+            q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale, out,
+            max_query_len=max_query_len, max_seq_len=max_seq_len, num_segments=segments,
+            sliding_window=sliding_window, softcap=softcap,
+        )  # fmt: skip

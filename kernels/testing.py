@@ -106,6 +106,33 @@ def make_paged_batch(
     )
 
 
+# How close a kernel's output must be to the torch reference, one table for the CPU
+# interpreter tests (tests/test_kernels_triton.py) and the GPU tests
+# (tests/gpu/test_kernels_gpu.py), through `assert_kernel_close`. Elementwise, as
+# torch.testing.assert_close takes it: fp32 leaves room for a GPU's summation order and
+# exp2 approximation over contexts of thousands; 16-bit for one rounding of the output.
+KERNEL_TOL = {
+    torch.float32: dict(rtol=1e-4, atol=1e-4),
+    torch.float16: dict(rtol=1e-2, atol=1e-2),
+    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+}
+# Relative L2 error over the whole output: catches a missing or doubled KV tile, which
+# moves outputs by ~1/num_tiles and could hide inside the elementwise tolerances.
+KERNEL_REL_L2 = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}
+
+
+def assert_kernel_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    """out (a kernel's, in `dtype`) against ref (the reference's): no NaN, elementwise within
+    KERNEL_TOL[dtype], and relative L2 error below KERNEL_REL_L2[dtype]."""
+    assert not out.isnan().any(), "unwritten or NaN-contaminated output"
+    out, ref = out.float(), ref.float()
+    torch.testing.assert_close(out, ref, **KERNEL_TOL[dtype])
+    norm = ref.norm().item()
+    if norm > 0:
+        rel = (out - ref).norm().item() / norm
+        assert rel < KERNEL_REL_L2[dtype], f"relative L2 error {rel:.2e}"
+
+
 def nan_like(t: torch.Tensor) -> torch.Tensor:
     """An output buffer full of NaN, so any element a kernel forgets to write shows."""
     return torch.full_like(t, float("nan"))

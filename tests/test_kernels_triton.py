@@ -18,14 +18,99 @@ Sliding window and softcap: against the torch reference with the same options, s
 not, on batches long enough that whole KV tiles fall before the window and are skipped.
 
 Shapes are tiny (the interpreter costs ~2.6 ms per program plus numpy per tile).
+
+Tolerances: kernels.testing's KERNEL_TOL / KERNEL_REL_L2, the table the GPU tests use too.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
-from kernels.testing import run_pytest_file, triton_mode_is_interpreted
+from kernels.testing import KERNEL_TOL, run_pytest_file, triton_mode_is_interpreted
+
+TOL = KERNEL_TOL
+
+
+def test_one_tolerance_table_for_cpu_and_gpu_kernel_tests():
+    """The interpreter tests here and tests/gpu/test_kernels_gpu.py compare against the
+    reference with the same table (kernels.testing), looser as the dtype gets coarser."""
+    path = Path(__file__).parent / "gpu" / "test_kernels_gpu.py"
+    spec = importlib.util.spec_from_file_location("_gpu_kernel_tests", path)
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    from kernels import testing
+
+    assert TOL is testing.KERNEL_TOL and gpu.TOL is testing.KERNEL_TOL
+    assert gpu.REL_L2 is testing.KERNEL_REL_L2
+    assert set(TOL) == set(testing.KERNEL_REL_L2) == {torch.float32, torch.float16, torch.bfloat16}
+    order = [torch.float32, torch.float16, torch.bfloat16]
+    for name in ("rtol", "atol"):
+        assert [TOL[d][name] for d in order] == sorted(TOL[d][name] for d in order)
+    assert [testing.KERNEL_REL_L2[d] for d in order] == sorted(testing.KERNEL_REL_L2.values())
+
+
+def test_triton_calls_run_under_the_tensors_cuda_device(monkeypatch):
+    """kernels.store_kv / unified_attention enter `_on_device(tensor.device)` around the
+    Triton call (Triton launches on the current device, not the tensors'); the Triton
+    modules are stand-ins here, so this runs without a GPU or the interpreter."""
+    import contextlib
+
+    import kernels
+
+    current: list = []
+    calls: list = []
+
+    @contextlib.contextmanager
+    def on_device(device):
+        current.append(device)
+        yield
+        current.pop()
+
+    class FakeTriton:
+        def store_kv_triton(self, key, *args):
+            calls.append(("store_kv", list(current)))
+
+        def unified_attention_triton(self, q, *args, **kwargs):
+            calls.append(("attention", list(current)))
+            return q
+
+    monkeypatch.setattr(kernels, "_on_device", on_device)
+    monkeypatch.setattr(kernels, "_triton", lambda name: FakeTriton())
+    monkeypatch.setattr(kernels, "resolve_backend", lambda requested, device: "triton")
+    x = torch.zeros(2, 1, 16)
+    kernels.store_kv(x, x, x, x, torch.zeros(2, dtype=torch.long), backend="triton")
+    kernels.unified_attention(x, x, x, x, x, x, 1.0, backend="triton")
+    assert calls == [("store_kv", [x.device]), ("attention", [x.device])]
+    assert current == []
+
+
+def test_on_device_switches_to_the_tensors_gpu(monkeypatch):
+    import contextlib
+
+    import kernels
+
+    entered: list = []
+
+    @contextlib.contextmanager
+    def fake_cuda_device(device):
+        entered.append(torch.device(device))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", fake_cuda_device)
+    monkeypatch.setattr(kernels, "_single_gpu", lambda: False)
+    with kernels._on_device(torch.device("cuda:1")):
+        assert entered == [torch.device("cuda:1")]
+    with kernels._on_device(torch.device("cpu")):
+        pass
+    monkeypatch.setattr(kernels, "_single_gpu", lambda: True)  # one GPU: nothing to switch
+    with kernels._on_device(torch.device("cuda:0")):
+        pass
+    assert entered == [torch.device("cuda:1")]
+
 
 if not triton_mode_is_interpreted():
 
@@ -34,17 +119,14 @@ if not triton_mode_is_interpreted():
         assert rc == 0, log[-8000:]
 
 else:
+    import dataclasses
+
     import kernels
     from kernels import triton_attention as ta
     from kernels.reference import store_kv_torch, unified_attention_torch
-    from kernels.testing import make_paged_batch, nan_like
+    from kernels.testing import assert_kernel_close, make_paged_batch, nan_like
     from kernels.triton_store_kv import store_kv_triton
 
-    TOL = {
-        torch.float32: dict(rtol=1e-5, atol=1e-5),
-        torch.float16: dict(rtol=1e-2, atol=1e-2),
-        torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-    }
     # (query_lens, context_lens); contexts are not multiples of the block sizes.
     BATCHES = {
         "decode": ([1, 1, 1, 1], [1, 23, 70, 9]),
@@ -78,8 +160,7 @@ else:
         opts = dict(sliding_window=sliding_window, softcap=softcap)
         ta.unified_attention_triton(*b.args(), out=out, **opts, **kw)
         expected = unified_attention_torch(*b.args(), **opts)
-        assert not out.isnan().any(), "unwritten or NaN-contaminated output"
-        torch.testing.assert_close(out.float(), expected.float(), **TOL[dtype])
+        assert_kernel_close(out, expected, dtype)
 
     @pytest.mark.parametrize("dtype", list(TOL), ids=DTYPE_IDS.get)
     @pytest.mark.parametrize("batch", list(BATCHES))
@@ -106,7 +187,27 @@ else:
 
     def test_split_kv_max_segments_and_empty_segments():
         # 64 segments over a few tiles: most segments are empty and must be ignored.
-        _run("decode", dtype=torch.float16, num_segments=ta.SEGMENT_CHOICES[-1], heads=(2, 1))
+        _run("decode", dtype=torch.float16, num_segments=ta.MAX_SEGMENTS, heads=(2, 1))
+
+    @pytest.mark.parametrize("segments", [1, 3, 5])
+    def test_split_kv_any_runtime_segment_count(segments):
+        """The segment count is a runtime argument: counts that are no power of two, and a
+        split launch with a single segment (what a short context gets automatically), merge
+        through the same reduce kernel (masked to the count)."""
+        b = make_paged_batch([1, 1, 1], [150, 77, 3], num_heads=2, num_kv_heads=1, head_dim=64,
+                             block_size=16, dtype=torch.float32, seed=segments)  # fmt: skip
+        cfg = ta.choose_config(num_tokens=3, num_seqs=3, num_heads=2, num_kv_heads=1,
+                               head_dim=64, block_size=16, dtype=torch.float32,
+                               max_context_bound=150, num_sms=8, decode_only=True)  # fmt: skip
+        cfg = dataclasses.replace(cfg, split=True, num_segments=segments)
+        out = nan_like(b.q)
+        ta._launch(*b.args(), out, cfg)
+        assert_kernel_close(out, unified_attention_torch(*b.args()), torch.float32)
+
+    def test_out_of_range_segment_count_rejected():
+        b = make_paged_batch([1], [5], num_heads=2, num_kv_heads=1, head_dim=64, block_size=8)
+        with pytest.raises(ValueError, match="num_segments"):
+            ta.unified_attention_triton(*b.args(), num_segments=ta.MAX_SEGMENTS + 1)
 
     # (batch, dtype, sliding_window, softcap, num_segments); windows of 1 (the diagonal
     # only), below a block, not a multiple of blocks or tiles, longer than some contexts.
@@ -189,8 +290,10 @@ else:
         short = ta.choose_config(
             num_tokens=2, num_seqs=2, decode_only=True, **{**common, "max_context_bound": 64}
         )
-        assert small.num_segments > 1
+        assert small.num_segments > 1 and small.split
         assert big.num_segments == prefill.num_segments == short.num_segments == 1
+        assert not big.split and not prefill.split
+        assert short.split  # a short context keeps the split variant, with one segment
 
     def test_hints_do_not_change_results():
         b = make_paged_batch(

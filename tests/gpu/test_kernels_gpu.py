@@ -14,7 +14,13 @@ import traceback
 import torch
 
 from kernels.reference import store_kv_torch, unified_attention_torch
-from kernels.testing import make_paged_batch, nan_like
+from kernels.testing import (
+    KERNEL_REL_L2,
+    KERNEL_TOL,
+    assert_kernel_close,
+    make_paged_batch,
+    nan_like,
+)
 
 try:
     import pytest
@@ -23,14 +29,10 @@ except ImportError:  # the bare GPU image: run through main()
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda"  # a dry run on the CPU interpreter may set "cpu"
-TOL = {
-    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-    torch.float16: dict(rtol=1e-2, atol=1e-2),
-    torch.float32: dict(rtol=1e-4, atol=1e-4),
-}
-# Relative L2 error over the whole output: catches a missing or doubled KV tile, which
-# moves outputs by ~1/num_tiles and could hide inside elementwise tolerances.
-REL_L2 = {torch.bfloat16: 8e-3, torch.float16: 2e-3, torch.float32: 1e-5}
+# One table with the CPU interpreter tests (kernels/testing.py; tests/test_kernels_triton.py
+# checks that both use it): elementwise, and relative L2 over the whole output.
+TOL = KERNEL_TOL
+REL_L2 = KERNEL_REL_L2
 
 
 def _lens(gen: torch.Generator, n: int, lo: int, hi: int) -> list[int]:
@@ -107,10 +109,7 @@ def check_attention(case) -> None:
 
 
 def _compare(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
-    assert not out.isnan().any(), "unwritten or NaN-contaminated output"
-    torch.testing.assert_close(out.float(), ref, **TOL[dtype])
-    rel = ((out.float() - ref).norm() / ref.norm()).item()
-    assert rel < REL_L2[dtype], f"relative L2 error {rel:.2e}"
+    assert_kernel_close(out, ref, dtype)
 
 
 def check_large_cache_int64_offsets() -> None:
@@ -174,6 +173,32 @@ def check_store_kv(case) -> None:
     assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
 
 
+def check_second_device() -> None:
+    """Tensors on cuda:1 while cuda:0 is current: the kernels launch on cuda:1 (Triton
+    launches on the current device unless kernels switches to the tensors')."""
+    import kernels
+
+    device = "cuda:1"
+    assert torch.cuda.current_device() == 0
+    b = make_paged_batch(
+        [1, 30, 1], [700, 30, 1200], num_heads=8, num_kv_heads=2, head_dim=128,
+        block_size=16, dtype=torch.bfloat16, device=device,
+    )  # fmt: skip
+    for split in (False, True):
+        out = nan_like(b.q)
+        kernels.unified_attention(*b.args(), out=out, backend="triton", split_kv=split)
+        torch.cuda.synchronize(device)
+        _compare(out, unified_attention_torch(*b.args()).float(), torch.bfloat16)
+    slots = torch.arange(32, device=device)
+    slots[::3] = -1
+    key = torch.randn(32, 2, 128, device=device, dtype=torch.bfloat16)
+    ref_k, ref_v = b.k_cache.clone(), b.v_cache.clone()
+    store_kv_torch(key, key, ref_k, ref_v, slots)
+    kernels.store_kv(key, key, b.k_cache, b.v_cache, slots, backend="triton")
+    assert torch.equal(b.k_cache, ref_k) and torch.equal(b.v_cache, ref_v)
+    assert torch.cuda.current_device() == 0
+
+
 def check_backend_choice() -> None:
     import kernels
 
@@ -188,6 +213,8 @@ def _all_checks():
     for case in STORE_CASES:
         yield f"store_kv[{case[0]}-bs{case[1]}-d{case[3]}]", lambda c=case: check_store_kv(c)
     yield "large_cache_int64_offsets", check_large_cache_int64_offsets
+    if torch.cuda.device_count() >= 2:
+        yield "second_device", check_second_device
 
 
 def main() -> int:
@@ -228,6 +255,10 @@ if pytest is not None:
 
     def test_backend_choice():
         check_backend_choice()
+
+    @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+    def test_second_device():
+        check_second_device()
 
 
 if __name__ == "__main__":
