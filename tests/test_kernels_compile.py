@@ -11,9 +11,10 @@ sm_90 and in split-KV decode on sm_80, the heaviest shapes on both targets, ever
 size 8..128 and GQA ratios 1/3/4/8 spread over those, non-split decode, the reduce kernel
 for every padded head size (the segment count is a runtime argument: one reduce variant
 serves 1..MAX_SEGMENTS), and store_kv for every dtype. The sliding-window and
-soft-capping variants (SLIDING / SOFTCAP, separately and together) compile for prefill, decode and split-KV on both targets, on the heaviest
-head size and on fp32. Configurations come from `choose_config`, the function the launcher uses, so
-the test follows any change of tiles. Compiles are cached by Triton (~/.triton/cache):
+soft-capping variants (SLIDING / SOFTCAP, separately and together) compile for prefill,
+decode and split-KV on both targets, on the heaviest head size and on fp32. Configurations
+come from `choose_config`, the function the launcher uses, so the test follows any change
+of tiles. Compiles are cached by Triton (~/.triton/cache):
 a rerun without kernel changes takes seconds.
 
 Runs in a child process when this process's kernels are interpreted (TRITON_INTERPRET=1):
