@@ -16,6 +16,8 @@ class EngineConfig:
 
     kv_cache_bytes is the KV budget on CPU; gpu_memory_fraction the share of the GPU's
     memory the engine may use in all (weights + activations + cache) on CUDA.
+    enforce_eager: never capture CUDA graphs for decode steps (engine/cuda_graphs.py);
+    they are only ever captured on CUDA with the Triton backend.
     """
 
     model: str | None = None
@@ -31,6 +33,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
     seed: int = 0
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
