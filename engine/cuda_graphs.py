@@ -80,7 +80,8 @@ class DecodeGraphs:
     width in tokens) is the max_seq_len hint baked into every graph.
 
     Use: `capture()` once after the KV cache is allocated; then per decode step
-    `padded_size(n, meta.max_seq_len)`: None -> run eagerly, else `run(...)`.
+    `padded_size(n, meta.max_seq_len)`: None -> run eagerly, else `run(...)`; `close()`
+    when the engine shuts down.
     """
 
     def __init__(
@@ -189,7 +190,7 @@ class DecodeGraphs:
         always); returns the sizes captured. A model that cannot be captured (a host sync
         in its forward pass) leaves no graph: every step then runs eagerly."""
         start = time.perf_counter()
-        self.close()
+        self._drop_graphs()
         self._reset_buffers()
         probe = self._forward(1)  # the hidden size and dtype (and a first warm-up)
         self.hidden = torch.zeros(
@@ -211,7 +212,7 @@ class DecodeGraphs:
                 self.captured.append(size)
         except Exception as exc:  # a host sync or an unsupported op inside the forward pass
             log.warning("CUDA graphs: capture failed (%s); decode steps run eagerly", exc)
-            self.close()
+            self._drop_graphs()
             torch.cuda.synchronize(self.device)
             return []
         torch.cuda.synchronize(self.device)
@@ -267,12 +268,18 @@ class DecodeGraphs:
             self.graphs[size].replay()
         return self.hidden[:n]
 
-    def close(self) -> None:
-        """Drop the graphs, their pool and the output buffer; `capture()` may run again."""
+    def _drop_graphs(self) -> None:
         self.graphs.clear()
         self.captured = []
         self.pool = None
         self.hidden = None
+
+    def close(self) -> None:
+        """Free the graphs, their pool and the buffers, and let go of the model and the
+        caches (an engine that shuts down must call it, or they stay allocated)."""
+        self._drop_graphs()
+        self.model = None
+        self.kv_caches = []
 
 
 def _span(sizes: list[int]) -> str:

@@ -193,6 +193,14 @@ def test_failed_capture_leaves_every_step_eager(monkeypatch, caplog):
     assert "capture failed" in caplog.text and "not permitted" in caplog.text
 
 
+def test_close_lets_go_of_the_model_and_the_caches():
+    graphs = DecodeGraphs(_Stub(), _caches(4), 4, 4, "cpu", "torch", eager=True)
+    assert graphs.capture() == [1, 2, 4] and graphs.capture() == [1, 2, 4]  # again: the same
+    graphs.close()
+    assert graphs.model is None and graphs.kv_caches == [] and graphs.hidden is None
+    assert graphs.padded_size(1) is None
+
+
 # ---------------------------------------------------------------- the real (tiny) model
 @pytest.fixture(scope="module")
 def llama(random_llama):
