@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
     from engine.llm_engine import LLMEngine
     from engine.models import ModelPath, UnsupportedModelError
     from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
-    from engine.sampling_params import SamplingParams
+    from engine.sampling_params import RequestOutputKind, SamplingParams
     from engine.stats import ScheduledEntry, StepKind, StepStats
 
 _EXPORTS = {
@@ -36,6 +36,7 @@ _EXPORTS = {
     "LLMEngine": "engine.llm_engine",
     "EngineConfig": "engine.config",
     "SamplingParams": "engine.sampling_params",
+    "RequestOutputKind": "engine.sampling_params",
     "RequestOutput": "engine.outputs",
     "CompletionOutput": "engine.outputs",
     "RequestMetrics": "engine.outputs",

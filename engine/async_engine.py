@@ -4,6 +4,10 @@
     async for out in engine.generate("Hello", SamplingParams(max_tokens=32)):
         print(out.outputs[0].delta_text, end="")
 
+Each item is of the request's SamplingParams.output_kind: CUMULATIVE (the default: the
+whole reply so far, with what is new in delta_text / delta_token_ids), DELTA (only what is
+new, which a long stream should use) or FINAL_ONLY (one item, at the end).
+
 The engine thread owns the LLMEngine: requests, aborts and shutdown reach it through a
 command queue, and outputs go back to each consumer's asyncio.Queue through
 `loop.call_soon_threadsafe`. It sleeps on an Event when there is no work (no busy loop).
@@ -22,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -100,7 +104,6 @@ class _Stream:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self.sent: dict[int, tuple[int, int]] = {}  # completion index -> (chars, tokens) sent
 
     def put(self, item: RequestOutput | BaseException) -> None:
         try:
@@ -239,8 +242,10 @@ class AsyncEngine:
         request_id: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request: each item carries the new text/tokens since the last one in
-        `outputs[i].delta_text` / `delta_token_ids`; the last has `finished=True`.
-        Cancelling the consuming task aborts the request at the next step."""
+        `outputs[i].delta_text` / `delta_token_ids`, and `text` / `token_ids` as the
+        params' output_kind says (whole so far, or, with DELTA, only the new part); the
+        last has `finished=True`. Cancelling the consuming task aborts the request at the
+        next step."""
         self._check_alive()
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._streams:
@@ -265,22 +270,11 @@ class AsyncEngine:
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
-                yield self._with_deltas(item, stream)
+                yield item
         finally:
             if not finished:
                 self.abort(request_id)
             self._streams.pop(request_id, None)
-
-    @staticmethod
-    def _with_deltas(out: RequestOutput, stream: _Stream) -> RequestOutput:
-        completions = []
-        for c in out.outputs:
-            chars, tokens = stream.sent.get(c.index, (0, 0))
-            completions.append(replace(
-                c, delta_text=c.text[chars:], delta_token_ids=c.token_ids[tokens:]
-            ))
-            stream.sent[c.index] = (len(c.text), len(c.token_ids))
-        return replace(out, outputs=completions)
 
     def abort(self, request_id: str) -> None:
         """Abort at the next step; its blocks are freed then."""

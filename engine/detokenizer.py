@@ -37,6 +37,18 @@ class IncrementalDetokenizer:
         self.output_text += delta
         return delta
 
+    def cut_at_stop_string(self, stops: list[str], new_chars: int, include: bool) -> str | None:
+        """The stop string the last `new_chars` characters completed, or None. On a hit the
+        text ends at the stop string (or just after it, `include`): nothing past it shows."""
+        if not stops or not new_chars:
+            return None
+        found = find_stop_string(self.output_text, stops, new_chars)
+        if found is None:
+            return None
+        pos, stop = found
+        self.output_text = self.output_text[: pos + len(stop) if include else pos]
+        return stop
+
 
 def find_stop_string(text: str, stops: list[str], new_chars: int) -> tuple[int, str] | None:
     """The earliest stop string that the last `new_chars` characters completed, and where

@@ -1,6 +1,8 @@
 """LLMEngine: add requests, call step(), read outputs — the loop every front end drives.
 
 One step is: schedule -> prepare inputs -> run model -> sample -> detokenize -> outputs.
+The engine only orchestrates: the scheduler owns request state (and advances it from the
+step's result), the output processor owns text, stop strings and what each caller is sent.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from dataclasses import replace
 import torch
 
 from engine.config import EngineConfig
-from engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from engine.kv_cache_manager import KVCacheManager
 from engine.kv_snapshot import KVSnapshot
 from engine.model_loader import LoadedModel, load_model
 from engine.model_runner import ModelRunner
 from engine.models import model_path_of
 from engine.models.layers import sliding_window_of
-from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from engine.output_processor import OutputProcessor
+from engine.outputs import RequestOutput
 from engine.request import Request, RequestStatus
-from engine.sampler import Sampler, SamplerOutput
+from engine.sampler import Sampler
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerOutput
+from engine.scheduler import Scheduler, SchedulerOutput, SchedulerUpdate
 from engine.stats import ScheduledEntry, StepKind, StepStats
 import kernels
 
@@ -66,7 +68,7 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}  # by the scheduler's (child) request id
         self.groups: dict[str, list[Request]] = {}  # user request id -> its n samples
         self._aborted: set[str] = set()  # aborted groups not yet reported
-        self.detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self.output_processor = OutputProcessor(self.tokenizer)
         self.stats_history: deque[StepStats] = deque(maxlen=STATS_HISTORY)
         self._step_count = 0
         self._ended: list[str] = []  # requests finished or aborted since the last record
@@ -110,9 +112,7 @@ class LLMEngine:
         self.groups[request_id] = children
         for child in children:
             self.requests[child.request_id] = child
-            self.detokenizers[child.request_id] = IncrementalDetokenizer(
-                self.tokenizer, token_ids, params.skip_special_tokens
-            )
+            self.output_processor.add(child)
             self.scheduler.add(child)
         return children
 
@@ -192,38 +192,26 @@ class LLMEngine:
         logits = self.runner.execute(sched, tables)
         sampling = [s.request for s in sched.scheduled if s.samples]
         sampled = self.sampler(logits, sampling)
-        touched = self._update(sched, sampling, sampled)
+        touched = self._process(self.scheduler.update_from_output(sched, sampled))
         self._record_stats(sched, batch, start)
-        return reported + [self._group_output(pid) for pid in touched]
+        return reported + self._outputs(touched)
 
     def _report_aborted(self) -> list[RequestOutput]:
-        outputs = [self._group_output(pid) for pid in self._aborted if pid in self.groups]
+        outputs = self._outputs([pid for pid in self._aborted if pid in self.groups])
         self._aborted.clear()
         return outputs
 
-    def _update(self, sched: SchedulerOutput, sampling: list[Request], sampled: SamplerOutput) -> list[str]:
-        """Advance computed tokens, append sampled tokens, finish what must stop.
-        Returns the parent ids that have something new, in batch order."""
-        for item in sched.scheduled:
-            item.request.num_computed_tokens += item.num_new_tokens
-            self.kv_manager.cache_full_blocks(item.request)
+    def _process(self, update: SchedulerUpdate) -> list[str]:
+        """Latencies and text of the requests that sampled; those whose text reached a
+        stop string are finished here. Returns the parent ids with something new, in
+        batch order."""
         now = time.monotonic()
-        touched: dict[str, None] = {}
-        for i, request in enumerate(sampling):
-            request.append_output_token(sampled.token_ids[i])
-            if request.logprobs is not None:
-                request.logprobs.append(sampled.logprobs[i])
-                request.cumulative_logprob += sampled.chosen_logprobs[i]
+        for request in update.sampled:
             self._note_latency(request, now)
-            delta = self.detokenizers[request.request_id].add_tokens([sampled.token_ids[i]])
-            status = request.check_stop()
-            if status is None and self._hit_stop_string(request, delta):
-                status = RequestStatus.FINISHED_STOPPED
-            if status is not None:
-                self.scheduler.finish(request, status)
-                self._ended.append(request.request_id)
-            touched[request.parent_id] = None
-        return list(touched)
+        for request, stop in self.output_processor.detokenize(update.sampled):
+            self.scheduler.finish(request, RequestStatus.FINISHED_STOPPED, stop)
+        self._ended += [r.request_id for r in update.sampled if r.is_finished]
+        return list(dict.fromkeys(r.parent_id for r in update.sampled))
 
     def _note_latency(self, request: Request, now: float) -> None:
         """Time to first token, or the gap since the request's previous token."""
@@ -235,64 +223,20 @@ class LLMEngine:
             itl.append(now - request.last_token_time)
         request.last_token_time = now
 
-    def _hit_stop_string(self, request: Request, delta: str) -> bool:
-        params = request.sampling_params
-        if not params.stop or not delta or request.num_output_tokens < params.min_tokens:
-            return False
-        detok = self.detokenizers[request.request_id]
-        found = find_stop_string(detok.output_text, params.stop, len(delta))
-        if found is None:
-            return False
-        pos, stop = found
-        keep = pos + len(stop) if params.include_stop_str_in_output else pos
-        detok.output_text = detok.output_text[:keep]
-        request.stop_reason = stop
-        return True
-
-    def _group_output(self, parent_id: str) -> RequestOutput:
-        """One RequestOutput for the user's request, with a completion per sample; a
-        finished group is forgotten once reported."""
-        children = self.groups[parent_id]
-        completions = [self._completion(c) for c in children]
-        finished = all(c.is_finished for c in children)
-        first = children[0]
-        out = RequestOutput(
-            request_id=parent_id,
-            prompt=first.prompt,
-            prompt_token_ids=first.prompt_token_ids,
-            outputs=completions,
-            finished=finished,
-            metrics=RequestMetrics(
-                arrival_time=first.arrival_time,
-                first_scheduled_time=_earliest(c.first_scheduled_time for c in children),
-                first_token_time=_earliest(c.first_token_time for c in children),
-                finished_time=max((c.finished_time or 0.0) for c in children) if finished else None,
-            ),
-            num_cached_tokens=max(first.num_cached_tokens, 0),
-        )
-        if finished:
-            del self.groups[parent_id]
-            for c in children:
-                self.requests.pop(c.request_id, None)
-                self.detokenizers.pop(c.request_id, None)
-        return out
-
-    def _completion(self, request: Request) -> CompletionOutput:
-        finished = request.is_finished
-        text = self.detokenizers[request.request_id].output_text
-        stops = request.sampling_params.stop
-        if stops and not finished:
-            # Hold back what could be the start of a stop string: it may yet be cut.
-            text = text[: max(0, len(text) - max(len(s) for s in stops) + 1)]
-        return CompletionOutput(
-            index=request.index,
-            text=text,
-            token_ids=list(request.output_token_ids),
-            finish_reason=request.status.value if finished else None,
-            stop_reason=request.stop_reason,
-            cumulative_logprob=request.cumulative_logprob,
-            logprobs=list(request.logprobs) if request.logprobs is not None else None,
-        )
+    def _outputs(self, parent_ids: Iterable[str]) -> list[RequestOutput]:
+        """One RequestOutput per user request that its output kind reports now; a finished
+        group is forgotten once reported."""
+        outputs = []
+        for pid in parent_ids:
+            children = self.groups[pid]
+            out = self.output_processor.make_output(pid, children)
+            if out is not None:
+                outputs.append(out)
+            if all(c.is_finished for c in children):
+                del self.groups[pid]
+                for c in children:
+                    self.requests.pop(c.request_id, None)
+        return outputs
 
     def _record_stats(self, sched: SchedulerOutput, batch: tuple[ScheduledEntry, ...],
                       start: float) -> None:  # fmt: skip
@@ -329,6 +273,7 @@ class LLMEngine:
         self.abort_request(list(self.groups))
         self.requests.clear()
         self.groups.clear()
+        self.output_processor = OutputProcessor(self.tokenizer)
         self.runner.kv_caches = []
         self.runner.model = None
         self.loaded = None
@@ -370,7 +315,3 @@ def step_kind(item) -> StepKind:
         return StepKind.PREFILL
     return StepKind.CHUNKED_PREFILL
 
-
-def _earliest(times) -> float | None:
-    present = [t for t in times if t is not None]
-    return min(present) if present else None

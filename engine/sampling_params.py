@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+
+
+class RequestOutputKind(enum.Enum):
+    """What each output of a request carries (vLLM's names and meanings).
+
+    CUMULATIVE: everything so far (text, token ids, logprobs), every time.
+    DELTA: only what is new since the request's previous output; the last has finished.
+    FINAL_ONLY: nothing until the request finishes, then one cumulative output.
+    A stream that never re-sends what it already sent costs what changed, not the reply.
+    """
+
+    CUMULATIVE = 0
+    DELTA = 1
+    FINAL_ONLY = 2
 
 
 @dataclass(slots=True)
@@ -14,6 +29,7 @@ class SamplingParams:
     over prompt and generated tokens (1.0 = off). `stop` strings end the text (removed
     from it unless include_stop_str_in_output). `n` samples share the prompt's KV blocks.
     `logprobs` = N returns the top-N log-probabilities of each generated token.
+    `output_kind`: cumulative outputs (the default), deltas, or only the final one.
     A bad value raises ValueError naming the field.
     """
 
@@ -34,6 +50,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -68,6 +85,8 @@ class SamplingParams:
         _check(self.seed is None or isinstance(self.seed, int), "seed", "an integer", self.seed)
         _check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
                "logprobs", "an integer in [0, 20]", self.logprobs)
+        _check(isinstance(self.output_kind, RequestOutputKind), "output_kind",
+               "a RequestOutputKind", self.output_kind)
 
     @property
     def greedy(self) -> bool:

@@ -1,6 +1,11 @@
 """One API request's run through the engine: one engine request per prompt, merged,
 turned into per-choice deltas, with usage and metrics kept on the way.
 
+The engine is asked for DELTA outputs, streamed or not: each step hands over only what is
+new (a long reply is never copied per step), and a non-streamed response joins the
+pieces once at the end. Streamed or not, every step's output comes through: the latency
+metrics count on it.
+
 Choice `prompt_index * n + i` is completion `i` of prompt `prompt_index` (OpenAI's order).
 Engine request ids are `<response id>-<prompt index>`, so an abort in the KV cache's event
 log can be traced back to the response a client saw.
@@ -11,11 +16,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import RequestOutputKind, SamplingParams
 from engine.server.metrics import ServerMetrics
 from engine.server.prompts import Prompt
 from engine.server.protocol import UsageInfo
@@ -35,6 +40,31 @@ class Delta:
     stop_reason: int | str | None
 
 
+@dataclass(slots=True)
+class _Choice:
+    """One choice's pieces so far, joined once into its final output."""
+
+    texts: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    def add(self, d: Delta) -> None:
+        self.texts.append(d.text)
+        self.token_ids.extend(d.token_ids)
+        if d.logprobs is not None:
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.extend(d.logprobs)
+        self.finish_reason, self.stop_reason = d.finish_reason, d.stop_reason
+
+    def output(self, index: int) -> CompletionOutput:
+        return CompletionOutput(index=index, text="".join(self.texts), token_ids=self.token_ids,
+                                finish_reason=self.finish_reason, stop_reason=self.stop_reason,
+                                logprobs=self.logprobs)  # fmt: skip
+
+
 class Generation:
     """Streams the deltas of all choices of one API request."""
 
@@ -44,21 +74,24 @@ class Generation:
     ):
         self.engine = engine
         self.prompts = prompts
-        self.params = params
+        self.params = replace(params, output_kind=RequestOutputKind.DELTA)
         self.request_id = request_id
         self.n = getattr(params, "n", 1)
         self.trackers = [metrics.track() for _ in prompts]
-        self.finals: dict[int, CompletionOutput] = {}  # choice index -> latest output
-        self._sent: dict[int, tuple[int, int]] = {}  # choice index -> (chars, tokens) sent
+        self._choices: dict[int, _Choice] = {}  # choice index -> what it said so far
         self._done: set[int] = set()  # finished choices, reported once
 
     @property
     def num_choices(self) -> int:
         return len(self.prompts) * self.n
 
+    def final(self, index: int) -> CompletionOutput:
+        """Choice `index` whole (after run_to_end)."""
+        return self._choices[index].output(index)
+
     def usage(self) -> UsageInfo:
         prompt = sum(len(p.token_ids) for p in self.prompts)
-        completion = sum(len(c.token_ids) for c in self.finals.values())
+        completion = sum(len(c.token_ids) for c in self._choices.values())
         return UsageInfo(prompt_tokens=prompt, completion_tokens=completion,
                          total_tokens=prompt + completion)
 
@@ -78,7 +111,7 @@ class Generation:
                 tracker.close()
 
     async def run_to_end(self) -> None:
-        """Consume everything (non-streaming responses read `finals` afterwards)."""
+        """Consume everything (non-streaming responses read `final(i)` afterwards)."""
         async with aclosing(self.stream()) as deltas:
             async for _ in deltas:
                 pass
@@ -92,19 +125,15 @@ class Generation:
                 yield out
 
     def _deltas(self, prompt_index: int, out: RequestOutput) -> list[Delta]:
+        """The engine's DELTA output as per-choice deltas (each completion in it is new)."""
         deltas = []
         for c in out.outputs:
             index = prompt_index * self.n + c.index
-            chars, tokens = self._sent.get(index, (0, 0))
-            if index in self._done or (
-                len(c.token_ids) == tokens and len(c.text) == chars and not c.finished
-            ):
+            if index in self._done or not (c.token_ids or c.text or c.finished):
                 continue
-            self.finals[index] = c
-            logprobs = c.logprobs[tokens:] if c.logprobs is not None else None
-            deltas.append(Delta(index, c.text[chars:], c.token_ids[tokens:], logprobs,
-                                c.finish_reason, c.stop_reason))
-            self._sent[index] = (len(c.text), len(c.token_ids))
+            d = Delta(index, c.text, c.token_ids, c.logprobs, c.finish_reason, c.stop_reason)
+            self._choices.setdefault(index, _Choice()).add(d)
+            deltas.append(d)
             if c.finished:
                 self._done.add(index)
         return deltas

@@ -109,6 +109,7 @@ class RequestTracker:
         self.accepted = False
         self.last_token_time: float | None = None
         self.done = False
+        self._ended: set[int] = set()  # completions whose finish was counted
 
     def observe(self, out: RequestOutput, new_tokens: int) -> None:
         """Called for every output of the request, with the number of tokens it added."""
@@ -119,6 +120,7 @@ class RequestTracker:
         if new_tokens:
             self.metrics.generation_tokens.inc(new_tokens)
             self._observe_latency(out, now)
+        self._count_finishes(out)
         if out.finished:
             self._finish(out, now)
 
@@ -134,8 +136,14 @@ class RequestTracker:
         self.done = True
         end = out.metrics.finished_time or now
         self.metrics.e2e.observe(max(end - out.metrics.arrival_time, 0.0))
+
+    def _count_finishes(self, out: RequestOutput) -> None:
+        """Each completion's finish once: a DELTA stream reports a sample that ends before
+        its siblings in an earlier output than the request's last."""
         for completion in out.outputs:
-            self.metrics.finished(completion.finish_reason or "abort")
+            if (completion.finished or out.finished) and completion.index not in self._ended:
+                self._ended.add(completion.index)
+                self.metrics.finished(completion.finish_reason or "abort")
 
     def close(self) -> None:
         """The consumer stopped: a request that did not finish was aborted."""

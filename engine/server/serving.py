@@ -81,7 +81,7 @@ class OpenAIServing:
     def _chat_response(self, gen: Generation, ctx: _Context) -> ChatCompletionResponse:
         choices = []
         for index in range(gen.num_choices):
-            c = gen.finals[index]
+            c = gen.final(index)
             choices.append(ChatCompletionChoice(
                 index=index, message=AssistantMessage(content=c.text),
                 logprobs=self._chat_logprobs(c.token_ids, c.logprobs, ctx),
@@ -140,7 +140,7 @@ class OpenAIServing:
     def _completion_response(self, gen: Generation, ctx: _Context) -> CompletionResponse:
         choices = []
         for index in range(gen.num_choices):
-            c = gen.finals[index]
+            c = gen.final(index)
             choices.append(CompletionChoice(
                 index=index, text=(self._echo(gen, index) if ctx.echo else "") + c.text,
                 logprobs=(self.logprobs.completion(c.token_ids, c.logprobs)
