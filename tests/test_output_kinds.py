@@ -92,13 +92,13 @@ def test_deltas_concatenate_to_the_cumulative_output_at_every_step(random_llama,
     stopped = finals[("r1", 0)]
     assert stopped.finish_reason == "stop" and stopped.stop_reason == stop
     assert stop not in stopped.text and finals[("r3", 0)].text.endswith(stop)
-    assert len(finals[("r2", 0)].logprobs) == 20 and finals[("r2", 0)].token_ids != \
-        finals[("r2", 1)].token_ids
+    samples = finals[("r2", 0)], finals[("r2", 1)]
+    assert len(samples[0].logprobs) == 20 and samples[0].token_ids != samples[1].token_ids
 
 
 def test_a_delta_stream_holds_back_what_may_start_a_stop_string(random_llama, stop):
-    # The whole text up to the stop string, whose first characters arrive before the rest:
-    # no delta may show them until the stop string is complete (and then it is cut).
+    # The stop string's first character arrives a step before its second: no delta may
+    # show it meanwhile, and once the stop string is complete it is cut.
     full = run_to_completion(engine_for(random_llama), [PROMPTS[1]], greedy(30))[0].outputs[0].text
     engine = engine_for(random_llama)
     engine.add_request("r", PROMPTS[1], greedy(30, stop=[stop], output_kind=DELTA))
