@@ -8,8 +8,12 @@ with hand-made metadata.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from kernels.reference import AttentionPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,8 @@ class AttentionMetadata:
     backend:       "torch" / "triton" / None (None: chosen by the tensors' device)
     max_query_len, max_seq_len: host-side ints the runner already knows; they let the
                    kernels pick tiles and split-KV without reading the device tensors
+    plan:          the torch backend's per-step AttentionPlan (which cache rows each
+                   sequence reads), made once by the runner for all layers; None otherwise
     """
 
     slot_mapping: torch.Tensor
@@ -32,3 +38,4 @@ class AttentionMetadata:
     backend: str | None = None
     max_query_len: int | None = None
     max_seq_len: int | None = None
+    plan: AttentionPlan | None = None

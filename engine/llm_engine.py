@@ -188,8 +188,8 @@ class LLMEngine:
         if sched.is_empty:
             return reported
         batch = tuple(_entry(s) for s in sched.scheduled)  # before the counts move on
-        tables = [list(self.kv_manager.block_table(s.request.request_id)) for s in sched.scheduled]
-        logits = self.runner.execute(sched, tables)
+        # The live block lists: the runner copies only the blocks added since the last step.
+        logits = self.runner.execute(sched, self.kv_manager.block_tables)
         sampling = [s.request for s in sched.scheduled if s.samples]
         sampled = self.sampler(logits, sampling)
         touched = self._process(self.scheduler.update_from_output(sched, sampled))
@@ -274,8 +274,7 @@ class LLMEngine:
         self.requests.clear()
         self.groups.clear()
         self.output_processor = OutputProcessor(self.tokenizer)
-        self.runner.kv_caches = []
-        self.runner.model = None
+        self.runner.release()
         self.loaded = None
 
     # ---------------------------------------------------------------- pictures

@@ -8,13 +8,19 @@ model and returns the logits of the last token of each request that samples this
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from engine.attention import AttentionMetadata
+from engine.block_table import BlockTable
 from engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+from engine.cuda_graphs import DecodeGraphs, graphs_supported
+from engine.memory_profile import profile_sampler
 from engine.scheduler import SchedulerOutput
+from kernels.reference import AttentionPlan
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,31 @@ def cache_shape_of(hf_config, dtype: torch.dtype) -> CacheShape:
     return CacheShape(hf_config.num_hidden_layers, kv_heads, head_dim, dtype)
 
 
+class PinnedStaging:
+    """Pinned host buffers reused step after step, one per call slot of a step (a buffer
+    is overwritten only by the next step, after the previous step's sampler has waited for
+    the device, so a non-blocking copy out of it has finished by then)."""
+
+    def __init__(self):
+        self._buffers: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        self._slot = 0
+
+    def begin_step(self) -> None:
+        self._slot = 0
+
+    def send(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        key = (self._slot, tensor.dtype)
+        self._slot += 1
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < tensor.numel():
+            buf = self._buffers[key] = torch.empty(
+                max(tensor.numel(), 4096), dtype=tensor.dtype, pin_memory=True
+            )
+        staged = buf[: tensor.numel()].view(tensor.shape)
+        staged.copy_(tensor)
+        return staged.to(device, non_blocking=True)
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -59,6 +90,29 @@ class ModelRunner:
         self.shape = cache_shape_of(hf_config, dtype)
         self.num_blocks = self._decide_num_blocks(max_model_len)
         self.kv_caches = self._allocate_cache(self.num_blocks)
+        self.block_table = BlockTable(
+            config.max_num_seqs, -(-max_model_len // self.block_size),
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        self._staging = PinnedStaging()
+        self.graphs = self._capture_decode_graphs(max_model_len)
+
+    def _capture_decode_graphs(self, max_model_len: int) -> DecodeGraphs | None:
+        """CUDA graphs of decode steps (see engine/cuda_graphs.py), unless they cannot run
+        here or enforce_eager turns them off."""
+        cfg = self.config
+        why_not = "enforce_eager" if cfg.enforce_eager else graphs_supported(
+            self.device, self.attention_backend
+        )
+        if why_not is not None:
+            log.info("CUDA graphs off: %s", why_not)
+            return None
+        graphs = DecodeGraphs(
+            self.model, self.kv_caches, cfg.max_num_seqs, self.block_table.max_blocks_per_seq,
+            self.device, self.attention_backend, max_model_len=max_model_len,
+        )  # fmt: skip
+        graphs.capture()  # logs the sizes captured and the seconds it took
+        return graphs
 
     # ---------------------------------------------------------------- sizing
     def _decide_num_blocks(self, max_model_len: int) -> int:
@@ -102,7 +156,10 @@ class ModelRunner:
         )
         with torch.inference_mode():
             hidden = self.model(input_ids, positions, dummy_cache, meta)
-            self.model.compute_logits(hidden[-1:])
+            # The sampler's peak too (logits of every row, sorting): on a large vocabulary
+            # it is what would otherwise overrun the KV budget.
+            profile_sampler(self.model, hidden, self.config.max_num_seqs,
+                            context_len=min(max_model_len, 4096))  # fmt: skip
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         cache_bytes = sum(k.numel() * k.element_size() * 2 for k, _ in dummy_cache)
@@ -132,49 +189,78 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- a step
     def prepare_inputs(
-        self, sched: SchedulerOutput, block_tables: list[list[int]]
+        self, sched: SchedulerOutput, block_tables: Mapping[str, list[int]]
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         """Flatten the batch; returns input_ids, positions, metadata and the row of each
-        sampling request's last token."""
+        sampling request's last token. `block_tables`: each request's live block list (the
+        cache manager's), of which only what is new since the last step is copied.
+
+        Positions and slots are computed with numpy over the whole batch, not per token."""
+        items = sched.scheduled
         bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        cu = [0]
-        seq_lens: list[int] = []
-        sample_rows: list[int] = []
-        for item, table in zip(sched.scheduled, block_tables):
-            start, n = item.start, item.num_new_tokens
-            input_ids.extend(item.request.all_token_ids[start : start + n])
-            span = range(start, start + n)
-            positions.extend(span)
-            slots.extend(table[p // bs] * bs + p % bs for p in span)
-            cu.append(cu[-1] + n)
-            seq_lens.append(start + n)
-            if item.samples:
-                sample_rows.append(cu[-1] - 1)
-        width = max(len(t) for t in block_tables)
-        padded = [t + [0] * (width - len(t)) for t in block_tables]
-        dev = self.device
+        self._staging.begin_step()
+        starts = np.fromiter((s.start for s in items), np.int64, len(items))
+        q_lens = np.fromiter((s.num_new_tokens for s in items), np.int64, len(items))
+        seq_lens = starts + q_lens
+        cu = np.zeros(len(items) + 1, np.int64)
+        np.cumsum(q_lens, out=cu[1:])
+        rows = self.block_table.rows_for([s.request.request_id for s in items], block_tables)
+        offsets = np.repeat(starts - cu[:-1], q_lens)  # position minus batch row, per token
+        positions = np.arange(cu[-1], dtype=np.int64) + offsets
+        seq_of_token = np.repeat(rows, q_lens)
+        slots = self.block_table.array[seq_of_token, positions // bs] * bs + positions % bs
+        input_ids = np.empty(cu[-1], np.int64)
+        for item, a, b in zip(items, cu[:-1].tolist(), cu[1:].tolist()):
+            input_ids[a:b] = item.request.all_token_ids[item.start : item.start + b - a]
+        sample_rows = [e - 1 for item, e in zip(items, cu[1:].tolist()) if item.samples]
+        width = int(-(-seq_lens.max() // bs))
+        tables = self.block_table.host[torch.from_numpy(rows), :width]
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            cu_query_lens=torch.tensor(cu, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(padded, dtype=torch.int32, device=dev),
+            slot_mapping=self._to_device(slots),
+            cu_query_lens=self._to_device(cu.astype(np.int32)),
+            seq_lens=self._to_device(seq_lens.astype(np.int32)),
+            block_tables=self._to_device(tables),
             backend=self.attention_backend,
-            max_query_len=max(s.num_new_tokens for s in sched.scheduled),
-            max_seq_len=max(seq_lens),
+            max_query_len=int(q_lens.max()),
+            max_seq_len=int(seq_lens.max()),
         )
+        if self.attention_backend == "torch":
+            meta = replace(meta, plan=AttentionPlan(
+                q_lens.tolist(), seq_lens.tolist(), meta.block_tables, bs, all_slots_valid=True,
+            ))  # fmt: skip
         return (
-            torch.tensor(input_ids, dtype=torch.long, device=dev),
-            torch.tensor(positions, dtype=torch.long, device=dev),
+            self._to_device(input_ids),
+            self._to_device(positions),
             meta,
-            torch.tensor(sample_rows, dtype=torch.long, device=dev),
+            self._to_device(np.asarray(sample_rows, np.int64)),
         )
 
+    def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A host array on the model's device: the same memory on the CPU; on CUDA, copied
+        through a persistent pinned buffer and sent without waiting."""
+        tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+        if self.device.type != "cuda":
+            return tensor
+        return self._staging.send(tensor, self.device)
+
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput, block_tables: list[list[int]]) -> torch.Tensor:
+    def execute(
+        self, sched: SchedulerOutput, block_tables: Mapping[str, list[int]]
+    ) -> torch.Tensor:
         """One forward pass; float32 logits [num_sampling_requests, vocab]."""
         input_ids, positions, meta, sample_rows = self.prepare_inputs(sched, block_tables)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        graphs = self.graphs
+        if (graphs is not None and meta.max_query_len == 1
+                and graphs.padded_size(input_ids.shape[0], meta.max_seq_len)):  # fmt: skip
+            hidden = graphs.run(input_ids, positions, meta)  # a static buffer: used at once
+        else:
+            hidden = self.model(input_ids, positions, self.kv_caches, meta)
         return self.model.compute_logits(hidden[sample_rows])
+
+    def release(self) -> None:
+        """Let go of the model, the cache and the graphs that hold both."""
+        if self.graphs is not None:
+            self.graphs.close()
+            self.graphs = None
+        self.kv_caches = []
+        self.model = None

@@ -43,8 +43,8 @@ def apply_penalties(logits: torch.Tensor, requests: Sequence[Request]) -> torch.
     vocab, dev = logits.shape[-1], logits.device
     params = [r.sampling_params for r in requests]
     out_counts = token_counts([r.output_token_ids for r in requests], vocab, dev)
-    rep = torch.tensor([p.repetition_penalty for p in params], device=dev)
-    if bool((rep != 1.0).any()):
+    if any(p.repetition_penalty != 1.0 for p in params):  # decided on the host: no sync
+        rep = torch.tensor([p.repetition_penalty for p in params], device=dev)
         prompt_counts = token_counts([r.prompt_token_ids for r in requests], vocab, dev)
         seen = (prompt_counts + out_counts) > 0
         scaled = torch.where(logits > 0, logits / rep[:, None], logits * rep[:, None])
@@ -122,8 +122,8 @@ class Sampler:
                 logits[rows], [params[i] for i in random_rows],
                 [requests[i].generator for i in random_rows],
             )
-        token_list = tokens.tolist()
-        logprobs, chosen = self._logprobs(raw, tokens, params)
+        token_list = tokens.tolist()  # the step's one wait for the device
+        logprobs, chosen = self._logprobs(raw, tokens, token_list, params)
         return SamplerOutput(token_list, logprobs, chosen)
 
     def _sample(self, logits, params, generators) -> torch.Tensor:
@@ -138,13 +138,23 @@ class Sampler:
             top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=logits.dtype)
             logits = apply_top_k_top_p(logits, top_k, top_p)
         probs = logits.softmax(dim=-1)
+        return (probs / self._noise(probs, generators)).argmax(dim=-1)
+
+    def _noise(self, probs: torch.Tensor, generators) -> torch.Tensor:
+        """Exp(1) noise: one draw for all the rows without a seed, and a draw from its own
+        generator for each seeded row (so its tokens do not depend on its neighbours)."""
         noise = torch.empty_like(probs)
-        for i, gen in enumerate(generators):
-            noise[i].exponential_(generator=gen or self.generator)
-        return (probs / noise).argmax(dim=-1)
+        seeded = [i for i, gen in enumerate(generators) if gen is not None]
+        if len(seeded) < len(generators):
+            noise.exponential_(generator=self.generator)
+        for i in seeded:
+            noise[i].exponential_(generator=generators[i])
+        return noise
 
     @staticmethod
-    def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, params) -> tuple[list, list]:
+    def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, token_list: list[int],
+                  params) -> tuple[list, list]:  # fmt: skip
+        """Top-N and chosen-token logprobs of the rows that asked, read back in one pass."""
         wanted = [i for i, p in enumerate(params) if p.logprobs is not None]
         logprobs: list[dict[int, float] | None] = [None] * len(params)
         chosen: list[float | None] = [None] * len(params)
@@ -155,10 +165,11 @@ class Sampler:
         top_n = max(params[i].logprobs for i in wanted)
         top_vals, top_ids = lp.topk(max(top_n, 1), dim=-1)
         picked = lp.gather(1, tokens[rows][:, None]).squeeze(1)
+        ids, vals, picks = top_ids.tolist(), top_vals.tolist(), picked.tolist()
         for j, i in enumerate(wanted):
             n = params[i].logprobs
-            entry = dict(zip(top_ids[j, :n].tolist(), top_vals[j, :n].tolist()))
-            entry[int(tokens[i])] = float(picked[j])
+            entry = dict(zip(ids[j][:n], vals[j][:n]))
+            entry[token_list[i]] = picks[j]
             logprobs[i] = entry
-            chosen[i] = float(picked[j])
+            chosen[i] = picks[j]
         return logprobs, chosen

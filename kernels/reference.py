@@ -13,6 +13,9 @@ Without softcap SDPA does the maths; with it the scores are computed explicitly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -23,12 +26,15 @@ def store_kv_torch(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    all_valid: bool = False,
 ) -> None:
-    """Scatter each token's K/V row into its cache slot; slot -1 means "do not store"."""
+    """Scatter each token's K/V row into its cache slot; slot -1 means "do not store".
+    all_valid: the caller knows no slot is -1 (skips a check that reads the device)."""
     num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
-    keep = slot_mapping >= 0
-    if not bool(keep.all()):
-        key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
+    if not all_valid:
+        keep = slot_mapping >= 0
+        if not bool(keep.all()):
+            key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
     flat_k = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
     flat_v = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
     flat_k.index_copy_(0, slot_mapping, key.to(k_cache.dtype))
@@ -47,18 +53,6 @@ def check_options(
         None if sliding_window is None else int(sliding_window),
         float(softcap) if softcap else None,
     )
-
-
-def _gather_context(
-    cache: torch.Tensor, block_table: torch.Tensor, length: int, start: int = 0
-) -> torch.Tensor:
-    """Cached rows [start, length) of one sequence, in position order: [length - start, kvh, d]."""
-    block_size = cache.shape[1]
-    first = start // block_size
-    num_blocks = (length + block_size - 1) // block_size
-    rows = cache[block_table[first:num_blocks].long()]  # [nb, bs, kvh, d]
-    flat = rows.reshape((num_blocks - first) * block_size, *cache.shape[2:])
-    return flat[start - first * block_size : length - first * block_size]
 
 
 def _attention(
@@ -87,30 +81,18 @@ def _attend_prefill(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    mask: torch.Tensor | None,
     scale: float,
-    sliding_window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """q: [q_len, h, d]; k, v: [ctx, kvh, d] with the q tokens as the last q_len positions.
-    With a window, k and v may leave out the keys before the first query's window
-    (positions then count from their first row)."""
-    q_len, ctx = q.shape[0], k.shape[0]
+    """q: [q_len, h, d]; k, v: [ctx, kvh, d], the keys the chunk may see (see PrefillGather);
+    mask: [q_len, ctx] or None for plain causal attention."""
     group = q.shape[1] // k.shape[1]
     # On a CPU, SDPA's GQA path and an explicit mask are each several times slower than
     # repeating K/V per query head and letting SDPA build the causal mask itself.
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-    if q_len == ctx and sliding_window is None:
-        mask = None  # causal
-    else:
-        # A later chunk: query i sits at position ctx - q_len + i and sees keys 0..that
-        # position (is_causal would align the diagonal to the top-left instead).
-        q_pos = torch.arange(ctx - q_len, ctx, device=q.device)[:, None]
-        k_pos = torch.arange(ctx, device=q.device)[None, :]
-        mask = k_pos <= q_pos
-        if sliding_window is not None:
-            mask &= k_pos > q_pos - sliding_window
     out = _attention(
         q.transpose(0, 1).float(),
         k.transpose(0, 1).float(),
@@ -126,42 +108,134 @@ def _attend_decodes(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    seq_lens: torch.Tensor,
-    block_tables: torch.Tensor,
+    gather: DecodeGather,
     scale: float,
-    sliding_window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
     """One query token per sequence, all sequences at once. q: [n, h, d] -> [n, h, d]."""
     n, num_heads, head_dim = q.shape
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    max_len = int(seq_lens.max())
-    if sliding_window is None:
-        pos = torch.arange(max_len, device=q.device)
-        blocks = block_tables[:, pos // block_size].long()  # [n, max_len]
-        valid = pos[None, :] < seq_lens[:, None].long()
-    else:
-        # Only each sequence's last `sliding_window` positions: [n, min(max_len, W)].
-        max_len = min(max_len, sliding_window)
-        lens = seq_lens[:, None].long()
-        pos = (lens - sliding_window).clamp(min=0) + torch.arange(max_len, device=q.device)
-        blocks = torch.gather(block_tables.long(), 1, pos // block_size)
-        valid = pos < lens
-    slots = blocks * block_size + pos % block_size
-    # Padding positions re-read the sequence's first position: a real, finite row. (Slot 0
-    # of the pool may belong to nobody and hold garbage or NaN, and 0 * NaN poisons P @ V.)
-    slots = torch.where(valid, slots, slots[:, :1])
+    num_kv_heads = k_cache.shape[2]
     # index_select of whole rows, then one fused SDPA over strided views: ~2-3x faster on
     # a CPU than advanced indexing + einsum, which copies K/V into bmm layouts.
-    idx = slots.reshape(-1)
-    k = k_cache.view(-1, num_kv_heads, head_dim).index_select(0, idx)
-    v = v_cache.view(-1, num_kv_heads, head_dim).index_select(0, idx)
-    k = k.view(n, max_len, num_kv_heads, head_dim).transpose(1, 2).float()
-    v = v.view(n, max_len, num_kv_heads, head_dim).transpose(1, 2).float()
+    k = k_cache.view(-1, num_kv_heads, head_dim).index_select(0, gather.slots)
+    v = v_cache.view(-1, num_kv_heads, head_dim).index_select(0, gather.slots)
+    k = k.view(n, gather.length, num_kv_heads, head_dim).transpose(1, 2).float()
+    v = v.view(n, gather.length, num_kv_heads, head_dim).transpose(1, 2).float()
     # The query heads sharing a KV head take SDPA's query-length slot: no K/V repeat.
     qg = q.float().view(n, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    out = _attention(qg, k, v, valid[:, None, None, :], scale, softcap)
+    out = _attention(qg, k, v, gather.valid, scale, softcap)
     return out.reshape(n, num_heads, head_dim)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeGather:
+    """The cache slots a batch of decodes reads: [n * length] slot ids, a [n, 1, 1, length]
+    mask of the real ones, and `length`, the longest context read (a window's at most)."""
+
+    slots: torch.Tensor
+    valid: torch.Tensor
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillGather:
+    """The cache slots one prefill chunk reads (positions `start` to its context length), and
+    its mask (None: plain causal, left to SDPA)."""
+
+    slots: torch.Tensor
+    mask: torch.Tensor | None
+
+
+class AttentionPlan:
+    """What the torch attention derives from a step's shape alone, computed once per step
+    and shared by every layer (per layer, only the cache tensors differ).
+
+    Built from host lists, so no layer reads a device tensor back. The gathers depend on
+    the sliding window, and are made on first use for each window a layer asks for.
+    """
+
+    def __init__(
+        self,
+        query_lens: Sequence[int],
+        seq_lens: Sequence[int],
+        block_tables: torch.Tensor,
+        block_size: int,
+        all_slots_valid: bool = False,
+    ):
+        self.query_lens, self.seq_lens = list(query_lens), list(seq_lens)
+        self.block_tables, self.block_size = block_tables, block_size
+        self.all_slots_valid = all_slots_valid  # store_kv may skip its slot -1 check
+        self.device = block_tables.device
+        self.starts = [0]
+        for n in self.query_lens:
+            self.starts.append(self.starts[-1] + n)
+        self.decode_ids = [i for i, n in enumerate(self.query_lens) if n == 1]
+        self.all_decodes = len(self.decode_ids) == len(self.query_lens)
+        self.decode_rows = None
+        if self.decode_ids and not self.all_decodes:
+            self.decode_rows = torch.tensor(
+                [self.starts[i] for i in self.decode_ids], device=self.device
+            )
+        self._decode: dict[int | None, DecodeGather] = {}
+        self._prefill: dict[tuple[int, int | None], PrefillGather] = {}
+
+    @classmethod
+    def from_tensors(
+        cls, cu_query_lens: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
+        block_size: int,
+    ) -> AttentionPlan:  # fmt: skip
+        cu = cu_query_lens.tolist()
+        return cls([b - a for a, b in zip(cu, cu[1:])], seq_lens.tolist(), block_tables,
+                   block_size)  # fmt: skip
+
+    def prefill_ids(self) -> list[int]:
+        return [i for i, n in enumerate(self.query_lens) if n > 1]
+
+    def decode_gather(self, window: int | None) -> DecodeGather:
+        gather = self._decode.get(window)
+        if gather is None:
+            gather = self._decode[window] = self._make_decode_gather(window)
+        return gather
+
+    def _make_decode_gather(self, window: int | None) -> DecodeGather:
+        ids, bs = self.decode_ids, self.block_size
+        lens = torch.tensor([self.seq_lens[i] for i in ids], device=self.device)[:, None]
+        tables = self.block_tables if self.all_decodes else self.block_tables[ids]
+        longest = max(self.seq_lens[i] for i in ids)
+        length = longest if window is None else min(longest, window)
+        # Each sequence's last `length` positions at most (all of them without a window).
+        first = lens - window if window is not None else torch.zeros_like(lens)
+        pos = first.clamp(min=0) + torch.arange(length, device=self.device)
+        valid = pos < lens
+        blocks = torch.gather(tables.long(), 1, (pos // bs).clamp(max=tables.shape[1] - 1))
+        slots = blocks * bs + pos % bs
+        # Padding positions re-read the sequence's first position: a real, finite row. (Slot 0
+        # of the pool may belong to nobody and hold garbage or NaN, and 0 * NaN poisons P @ V.)
+        slots = torch.where(valid, slots, slots[:, :1])
+        return DecodeGather(slots.reshape(-1), valid[:, None, None, :], length)
+
+    def prefill_gather(self, i: int, window: int | None) -> PrefillGather:
+        key = (i, window)
+        gather = self._prefill.get(key)
+        if gather is None:
+            gather = self._prefill[key] = self._make_prefill_gather(i, window)
+        return gather
+
+    def _make_prefill_gather(self, i: int, window: int | None) -> PrefillGather:
+        q_len, ctx, bs = self.query_lens[i], self.seq_lens[i], self.block_size
+        # With a window, keys before the first query's window are never seen: skip them.
+        start = 0 if window is None else max(0, ctx - q_len - window + 1)
+        pos = torch.arange(start, ctx, device=self.device)
+        slots = self.block_tables[i].long()[pos // bs] * bs + pos % bs
+        if q_len == ctx and window is None:
+            return PrefillGather(slots, None)  # causal, top-left aligned: SDPA's own mask
+        # A later chunk: query j sits at position ctx - q_len + j and sees keys up to it.
+        q_pos = torch.arange(ctx - q_len, ctx, device=self.device)[:, None]
+        k_pos = pos[None, :]
+        mask = k_pos <= q_pos
+        if window is not None:
+            mask &= k_pos > q_pos - window
+        return PrefillGather(slots, mask)
 
 
 def unified_attention_torch(
@@ -176,37 +250,34 @@ def unified_attention_torch(
     *,
     sliding_window: int | None = None,
     softcap: float | None = None,
+    plan: AttentionPlan | None = None,
 ) -> torch.Tensor:
     """Causal attention of a mixed batch of prefill chunks and decodes over a paged cache.
 
     sliding_window: a query at position p sees keys p - W < k <= p; None = all of 0..p.
     softcap: logits s (after scaling) become softcap * tanh(s / softcap); None or 0 = off.
+    plan: the step's AttentionPlan, made once for all layers (made here when None).
     """
     window, softcap = check_options(sliding_window, softcap)
     if out is None:
         out = torch.empty_like(q)
-    cu = cu_query_lens.tolist()
-    lens = seq_lens.tolist()
-    q_lens = [cu[i + 1] - cu[i] for i in range(len(lens))]
-    decode_ids = [i for i, n in enumerate(q_lens) if n == 1]
-    opts = (window, softcap)
-    if len(decode_ids) == len(q_lens):  # all decodes: no gather of rows, no scatter back
-        out.copy_(_attend_decodes(q, k_cache, v_cache, seq_lens, block_tables, scale, *opts))
-        return out
-    if decode_ids:
-        idx = torch.tensor(decode_ids, device=q.device)
-        rows = torch.tensor([cu[i] for i in decode_ids], device=q.device)
-        res = _attend_decodes(
-            q[rows], k_cache, v_cache, seq_lens[idx], block_tables[idx], scale, *opts
-        )
+    if plan is None:
+        plan = AttentionPlan.from_tensors(cu_query_lens, seq_lens, block_tables, k_cache.shape[1])
+    if plan.decode_ids:
+        gather = plan.decode_gather(window)
+        rows = plan.decode_rows
+        res = _attend_decodes(q if rows is None else q[rows], k_cache, v_cache, gather, scale,
+                              softcap)  # fmt: skip
+        if rows is None:  # all decodes: no gather of rows, no scatter back
+            out.copy_(res)
+            return out
         out[rows] = res.to(out.dtype)
-    for i, n in enumerate(q_lens):
-        if n <= 1:
-            continue
-        # With a window, keys before the first query's window are never seen: skip them.
-        start = 0 if window is None else max(0, lens[i] - n - window + 1)
-        k = _gather_context(k_cache, block_tables[i], lens[i], start)
-        v = _gather_context(v_cache, block_tables[i], lens[i], start)
-        res = _attend_prefill(q[cu[i] : cu[i + 1]], k, v, scale, *opts)
-        out[cu[i] : cu[i + 1]] = res.to(out.dtype)
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    flat_k = k_cache.view(-1, num_kv_heads, head_dim)
+    flat_v = v_cache.view(-1, num_kv_heads, head_dim)
+    for i in plan.prefill_ids():
+        gather = plan.prefill_gather(i, window)
+        a, b = plan.starts[i], plan.starts[i + 1]
+        k, v = flat_k.index_select(0, gather.slots), flat_v.index_select(0, gather.slots)
+        out[a:b] = _attend_prefill(q[a:b], k, v, gather.mask, scale, softcap).to(out.dtype)
     return out

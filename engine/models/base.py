@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.attention import AttentionMetadata
-from engine.models.layers import KVCache, Linear
+from engine.models.layers import KVCache, Linear, linear
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -113,7 +112,7 @@ class PagedCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
         weight = self.embedding().weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(hidden, weight).float()
+        logits = linear(hidden, weight).float()
         if self.final_logit_softcap:
             cap = self.final_logit_softcap
             logits = torch.tanh(logits / cap) * cap

@@ -84,15 +84,18 @@ class RotaryAttention(nn.Module):
         kv_cache: KVCache,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        n = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], -1)
-        q = q.view(n, self.num_heads, self.head_dim)
-        k = k.view(n, self.num_kv_heads, self.head_dim)
+        n, h, d = hidden.shape[0], self.num_heads, self.head_dim
+        qkv = self.qkv_proj(hidden)
+        v = qkv[:, self.q_size + self.kv_size :].view(n, self.num_kv_heads, d)
         if self.qk_norm:
-            q, k = self.q_norm.norm(q), self.k_norm.norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        v = v.view(n, self.num_kv_heads, self.head_dim)
-        return self.o_proj(self.attn(q, k, v, kv_cache, meta))
+            q, k = qkv[:, : self.q_size + self.kv_size].split([self.q_size, self.kv_size], -1)
+            q, k = self.q_norm.norm(q.view(n, h, d)), self.k_norm.norm(k.view(n, -1, d))
+            qk = torch.cat((q, k), dim=1)
+        else:
+            qk = qkv[:, : self.q_size + self.kv_size].view(n, -1, d)
+        # q and k heads side by side: one RoPE pass (its ops are per element) for both.
+        qk = apply_rope(qk, cos, sin)
+        return self.o_proj(self.attn(qk[:, :h], qk[:, h:], v, kv_cache, meta))
 
 
 class LlamaDecoderLayer(nn.Module):
