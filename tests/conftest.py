@@ -45,6 +45,21 @@ def random_llama(tmp_path_factory) -> Path:
                              num_kv_heads=2, head_dim=32, num_layers=2)  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def make_random_engine(random_llama):
+    """Build an LLMEngine over `random_llama` (CPU, float32, blocks of 8 unless told) with
+    any EngineConfig fields: a fresh engine per call, the checkpoint shared."""
+    from engine import EngineConfig, LLMEngine
+
+    def build(**fields):
+        fields.setdefault("device", "cpu")
+        fields.setdefault("dtype", "float32")
+        fields.setdefault("block_size", 8)
+        return LLMEngine(EngineConfig(model=str(random_llama), **fields))
+
+    return build
+
+
 @pytest.fixture(scope="session", autouse=True)
 def pagedesk_cache_dir(tmp_path_factory):
     """Converted models (the default GGUF: ~540 MB) go to a private dir, made once per run

@@ -13,18 +13,11 @@ import pytest
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine_helpers import aborted_ids, greedy, run_to_completion
-from model_factory import make_random_llama
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_random_llama(tmp_path_factory.mktemp("m") / "llama", num_heads=4,
-                             num_kv_heads=2, head_dim=32, num_layers=2)
-
-
-def config(model_dir, **kw) -> EngineConfig:
+def config(random_llama, **kw) -> EngineConfig:
     kw.setdefault("block_size", 8)
-    return EngineConfig(model=str(model_dir), device="cpu", dtype="float32", **kw)
+    return EngineConfig(model=str(random_llama), device="cpu", dtype="float32", **kw)
 
 
 PROMPTS = [[(5 * i + j) % 200 + 3 for j in range(4 + 7 * i)] for i in range(8)]
@@ -38,9 +31,9 @@ async def collect(engine: AsyncEngine, prompt, params, rid=None):
     return deltas, last
 
 
-def test_concurrent_streams_match_the_sync_engine(model_dir):
-    expected = run_to_completion(LLMEngine(config(model_dir)), PROMPTS, greedy(10))
-    engine = AsyncEngine(config(model_dir))
+def test_concurrent_streams_match_the_sync_engine(random_llama):
+    expected = run_to_completion(LLMEngine(config(random_llama)), PROMPTS, greedy(10))
+    engine = AsyncEngine(config(random_llama))
 
     async def main():
         return await asyncio.gather(*(collect(engine, p, greedy(10)) for p in PROMPTS))
@@ -54,8 +47,8 @@ def test_concurrent_streams_match_the_sync_engine(model_dir):
         assert len(deltas) >= 2  # it streamed, not one lump at the end
 
 
-def test_late_arrivals_join_the_running_batch(model_dir):
-    engine = AsyncEngine(config(model_dir))
+def test_late_arrivals_join_the_running_batch(random_llama):
+    engine = AsyncEngine(config(random_llama))
 
     async def main():
         first = asyncio.create_task(collect(engine, PROMPTS[0], greedy(600)))
@@ -69,8 +62,8 @@ def test_late_arrivals_join_the_running_batch(model_dir):
     assert sizes[0] == 1 and max(sizes) == 4
 
 
-def test_cancelling_the_consumer_aborts_and_frees_blocks(model_dir):
-    engine = AsyncEngine(config(model_dir))
+def test_cancelling_the_consumer_aborts_and_frees_blocks(random_llama):
+    engine = AsyncEngine(config(random_llama))
 
     async def main():
         async def consume():
@@ -94,8 +87,8 @@ def test_cancelling_the_consumer_aborts_and_frees_blocks(model_dir):
     engine.shutdown()
 
 
-def test_a_bad_request_fails_alone(model_dir):
-    engine = AsyncEngine(config(model_dir, max_model_len=64))
+def test_a_bad_request_fails_alone(random_llama):
+    engine = AsyncEngine(config(random_llama, max_model_len=64))
 
     async def main():
         good = asyncio.create_task(collect(engine, PROMPTS[1], greedy(8)))
@@ -111,8 +104,8 @@ def test_a_bad_request_fails_alone(model_dir):
     engine.shutdown()
 
 
-def test_an_engine_failure_reaches_every_consumer(model_dir):
-    engine = AsyncEngine(config(model_dir))
+def test_an_engine_failure_reaches_every_consumer(random_llama):
+    engine = AsyncEngine(config(random_llama))
     real = engine.engine.runner.execute
     calls = {"n": 0}
 
@@ -141,8 +134,8 @@ def test_an_engine_failure_reaches_every_consumer(model_dir):
     engine.shutdown()
 
 
-def test_idle_engine_sleeps_and_stats_are_rate_limited(model_dir):
-    engine = AsyncEngine(config(model_dir), stats_interval=0.05)
+def test_idle_engine_sleeps_and_stats_are_rate_limited(random_llama):
+    engine = AsyncEngine(config(random_llama), stats_interval=0.05)
     events = []
     def listener(records, snap):
         events.append((time.monotonic(), records, snap))
@@ -170,8 +163,8 @@ def test_idle_engine_sleeps_and_stats_are_rate_limited(model_dir):
     engine.shutdown()
 
 
-def test_shutdown_frees_the_model(model_dir):
-    engine = AsyncEngine(config(model_dir))
+def test_shutdown_frees_the_model(random_llama):
+    engine = AsyncEngine(config(random_llama))
     model_ref = weakref.ref(engine.engine.runner.model)
 
     async def main():
@@ -184,8 +177,8 @@ def test_shutdown_frees_the_model(model_dir):
     assert not engine.is_running
 
 
-def test_abort_of_the_only_request_ends_its_stream(model_dir):
-    engine = AsyncEngine(config(model_dir))
+def test_abort_of_the_only_request_ends_its_stream(random_llama):
+    engine = AsyncEngine(config(random_llama))
 
     async def main():
         outs = []
@@ -206,10 +199,10 @@ class _Die(BaseException):
     """Not an Exception: it passes _run_call's handler and kills the engine thread."""
 
 
-def test_generate_racing_the_engine_death_fails_instead_of_waiting_forever(model_dir):
+def test_generate_racing_the_engine_death_fails_instead_of_waiting_forever(random_llama):
     """The interleaving that hung: generate() passes its liveness check, the engine thread
     dies and tells every stream it knows, and only then does generate register its own."""
-    engine = AsyncEngine(config(model_dir))
+    engine = AsyncEngine(config(random_llama))
     first_check = engine._check_alive
 
     def check_then_die() -> None:
@@ -231,12 +224,12 @@ def test_generate_racing_the_engine_death_fails_instead_of_waiting_forever(model
     engine.shutdown()
 
 
-def test_shutdown_keeps_the_model_while_a_step_still_runs(model_dir):
+def test_shutdown_keeps_the_model_while_a_step_still_runs(random_llama):
     """shutdown(timeout) that gives up on a busy engine thread must not free the model under
     it; the thread frees it when its work ends."""
     import threading
 
-    engine = AsyncEngine(config(model_dir))
+    engine = AsyncEngine(config(random_llama))
     inside, release = threading.Event(), threading.Event()
 
     def busy(llm_engine):
@@ -256,10 +249,10 @@ def test_shutdown_keeps_the_model_while_a_step_still_runs(model_dir):
     assert model_ref() is None and engine.engine.runner.model is None
 
 
-def test_info_and_metrics_are_read_only_records(model_dir):
+def test_info_and_metrics_are_read_only_records(random_llama):
     """info(): the engine's fixed facts; metrics(): one record per step, swapped whole, that
     agrees with the engine's own state once it is idle."""
-    engine = AsyncEngine(config(model_dir, num_kv_blocks=64))
+    engine = AsyncEngine(config(random_llama, num_kv_blocks=64))
     facts = engine.info()
     assert (facts.model_name, facts.model_path) == ("llama", "native Llama")
     assert (facts.num_kv_blocks, facts.block_size, facts.attention_backend) == (64, 8, "torch")

@@ -64,12 +64,15 @@ def hf_logits(hf_model, seq: list[int]) -> torch.Tensor:
         return hf_model(torch.tensor([seq])).logits[0].float()
 
 
-def check_three_steps(model, hf_model, config, lengths, seed=0, atol=1e-3, rtol=1e-4):
+def check_three_steps(model, hf_model, config, lengths, seed=0, atol=2e-3, rtol=1e-4):
     """Prefill (seq 1 chunked) -> mixed chunk + decodes -> decodes; all logits vs transformers.
 
     The random models' logits have std ~8 (initializer_range 0.5, so attention is sharp and
     a position or masking bug shows): at that scale transformers' own float32 logits differ
-    from its float64 ones by up to ~5e-4, and ours from its float32 ones by less.
+    from its float64 ones by up to ~5e-4. Ours run their float32 matmuls through oneDNN,
+    which sums in another order than transformers' MKL (its error against float64 is 2-3x
+    MKL's at K = 576-1536), so ours differ from transformers' by up to ~1.5e-3: still
+    four orders of magnitude below the logits, where a position or mask bug is order one.
     """
     gen = torch.Generator().manual_seed(seed)
     vocab = config.vocab_size

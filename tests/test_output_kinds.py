@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from engine import LLM, EngineConfig, LLMEngine, RequestOutputKind, SamplingParams
+from engine import LLM, EngineConfig, RequestOutputKind, SamplingParams
 from engine.async_engine import AsyncEngine
 from engine_helpers import run_to_completion
 
@@ -20,10 +20,6 @@ CUMULATIVE, DELTA, FINAL_ONLY = (RequestOutputKind.CUMULATIVE, RequestOutputKind
                                  RequestOutputKind.FINAL_ONLY)  # fmt: skip
 PROMPTS = [[(7 * i + j) % 240 + 3 for j in range(3 + 5 * i)] for i in range(4)]
 
-
-def engine_for(model_dir, **kw) -> LLMEngine:
-    kw.setdefault("block_size", 8)
-    return LLMEngine(EngineConfig(model=str(model_dir), device="cpu", dtype="float32", **kw))
 
 
 def greedy(max_tokens: int = 24, **kw) -> SamplingParams:
@@ -43,10 +39,10 @@ def mixed(stop: str) -> list[tuple[list[int], SamplingParams]]:
 
 
 @pytest.fixture(scope="module")
-def stop(random_llama) -> str:
+def stop(make_random_engine) -> str:
     """A stop string in prompt 1's free-running greedy text whose two characters come in
     two different steps: the first must be held back until the second decides."""
-    engine = engine_for(random_llama)
+    engine = make_random_engine()
     engine.add_request("free", PROMPTS[1], greedy(30))
     pieces = []
     while engine.has_unfinished_requests():
@@ -61,10 +57,10 @@ def stop(random_llama) -> str:
     return found
 
 
-def lockstep(model_dir, requests: list[tuple[list[int], SamplingParams]], kind: RequestOutputKind):
+def lockstep(make_engine, requests: list[tuple[list[int], SamplingParams]], kind: RequestOutputKind):
     """Step a CUMULATIVE engine and a `kind` engine side by side; yields each step's
     (cumulative outputs, the other kind's outputs)."""
-    engines = engine_for(model_dir), engine_for(model_dir)
+    engines = make_engine(), make_engine()
     for i, (prompt, p) in enumerate(requests):
         engines[0].add_request(f"r{i}", prompt, p)
         engines[1].add_request(f"r{i}", prompt, replace(p, output_kind=kind))
@@ -73,10 +69,10 @@ def lockstep(model_dir, requests: list[tuple[list[int], SamplingParams]], kind: 
     assert not engines[1].has_unfinished_requests()
 
 
-def test_deltas_concatenate_to_the_cumulative_output_at_every_step(random_llama, stop):
+def test_deltas_concatenate_to_the_cumulative_output_at_every_step(make_random_engine, stop):
     sums: dict[tuple[str, int], tuple[str, list, list]] = {}
     finals = {}
-    for cumulative, deltas in lockstep(random_llama, mixed(stop), DELTA):
+    for cumulative, deltas in lockstep(make_random_engine, mixed(stop), DELTA):
         for out in deltas:
             for c in out.outputs:
                 text, ids, logprobs = sums.get((out.request_id, c.index), ("", [], []))
@@ -96,11 +92,11 @@ def test_deltas_concatenate_to_the_cumulative_output_at_every_step(random_llama,
     assert len(samples[0].logprobs) == 20 and samples[0].token_ids != samples[1].token_ids
 
 
-def test_a_delta_stream_holds_back_what_may_start_a_stop_string(random_llama, stop):
+def test_a_delta_stream_holds_back_what_may_start_a_stop_string(make_random_engine, stop):
     # The stop string's first character arrives a step before its second: no delta may
     # show it meanwhile, and once the stop string is complete it is cut.
-    full = run_to_completion(engine_for(random_llama), [PROMPTS[1]], greedy(30))[0].outputs[0].text
-    engine = engine_for(random_llama)
+    full = run_to_completion(make_random_engine(), [PROMPTS[1]], greedy(30))[0].outputs[0].text
+    engine = make_random_engine()
     engine.add_request("r", PROMPTS[1], greedy(30, stop=[stop], output_kind=DELTA))
     shown = ""
     while engine.has_unfinished_requests():
@@ -110,9 +106,9 @@ def test_a_delta_stream_holds_back_what_may_start_a_stop_string(random_llama, st
     assert shown == full[: full.index(stop)]
 
 
-def test_delta_and_cumulative_report_the_same_finishes(random_llama, stop):
+def test_delta_and_cumulative_report_the_same_finishes(make_random_engine, stop):
     ends: dict[RequestOutputKind, dict] = {CUMULATIVE: {}, DELTA: {}}
-    for cumulative, deltas in lockstep(random_llama, mixed(stop), DELTA):
+    for cumulative, deltas in lockstep(make_random_engine, mixed(stop), DELTA):
         for kind, outs in ((CUMULATIVE, cumulative), (DELTA, deltas)):
             for out in outs:
                 for c in out.outputs:
@@ -124,10 +120,10 @@ def test_delta_and_cumulative_report_the_same_finishes(random_llama, stop):
     assert ends[DELTA] == ends[CUMULATIVE] and len(ends[DELTA]) == 9
 
 
-def test_final_only_gives_one_cumulative_output_per_request(random_llama, stop):
+def test_final_only_gives_one_cumulative_output_per_request(make_random_engine, stop):
     counts: Counter[str] = Counter()
     last_cumulative, finals = {}, {}
-    for cumulative, final_only in lockstep(random_llama, mixed(stop), FINAL_ONLY):
+    for cumulative, final_only in lockstep(make_random_engine, mixed(stop), FINAL_ONLY):
         for out in cumulative:
             last_cumulative[out.request_id] = out
         for out in final_only:
@@ -142,8 +138,8 @@ def test_final_only_gives_one_cumulative_output_per_request(random_llama, stop):
                                            c.finish_reason, c.stop_reason) for c in want.outputs]
 
 
-def test_final_only_reports_an_aborted_request_once(random_llama):
-    engine = engine_for(random_llama)
+def test_final_only_reports_an_aborted_request_once(make_random_engine):
+    engine = make_random_engine()
     engine.add_request("r", PROMPTS[2], greedy(50, output_kind=FINAL_ONLY))
     for _ in range(4):
         assert engine.step() == []
@@ -154,11 +150,11 @@ def test_final_only_reports_an_aborted_request_once(random_llama):
     assert not engine.has_unfinished_requests() and engine.step() == []
 
 
-def test_delta_work_per_step_does_not_grow_with_the_reply(random_llama):
+def test_delta_work_per_step_does_not_grow_with_the_reply(make_random_engine):
     """A long reply's DELTA outputs each carry one token (and its logprobs); cumulative
     outputs carry the whole reply every step."""
     sizes: dict[RequestOutputKind, list[int]] = {CUMULATIVE: [], DELTA: []}
-    for cumulative, deltas in lockstep(random_llama, [(PROMPTS[0], greedy(80, logprobs=1))], DELTA):
+    for cumulative, deltas in lockstep(make_random_engine, [(PROMPTS[0], greedy(80, logprobs=1))], DELTA):
         for kind, outs in ((CUMULATIVE, cumulative), (DELTA, deltas)):
             for out in outs:
                 c = out.outputs[0]
@@ -168,8 +164,8 @@ def test_delta_work_per_step_does_not_grow_with_the_reply(random_llama):
     assert sizes[CUMULATIVE] == list(range(1, 81))
 
 
-def test_llm_generate_builds_each_output_once(random_llama):
-    engine = engine_for(random_llama)
+def test_llm_generate_builds_each_output_once(make_random_engine):
+    engine = make_random_engine()
     seen = []
     step = engine.step
 
@@ -183,7 +179,7 @@ def test_llm_generate_builds_each_output_once(random_llama):
     outs = LLM.from_engine(engine).generate(PROMPTS[:2], params, use_tqdm=False)
     assert sorted(o.request_id for o in seen) == sorted(o.request_id for o in outs)
     assert len(seen) == 2 and all(o.finished for o in seen)  # nothing before the end
-    want = run_to_completion(engine_for(random_llama), PROMPTS[:2], params)
+    want = run_to_completion(make_random_engine(), PROMPTS[:2], params)
     assert [[c.token_ids for c in o.outputs] for o in outs] == \
         [[c.token_ids for c in o.outputs] for o in want]
 

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine import EngineConfig, LLMEngine, SamplingParams
+from engine import SamplingParams
 from engine.kv_snapshot import BlockState
 from engine.request import Request
 from engine.sampler import Sampler
 from engine_helpers import greedy, run_to_completion
-from model_factory import make_random_llama
 
 VOCAB_LOGITS = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0]
 DRAWS = 20_000
@@ -86,35 +85,24 @@ def test_penalties_against_a_hand_computed_example():
     assert got == pytest.approx([0.25, -2.0, 0.5, 0.5, 1.0])
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_random_llama(tmp_path_factory.mktemp("m") / "llama", num_heads=4,
-                             num_kv_heads=2, head_dim=32, num_layers=2)
-
-
-def engine_for(model_dir, **kw) -> LLMEngine:
-    kw.setdefault("block_size", 8)
-    return LLMEngine(EngineConfig(model=str(model_dir), device="cpu", dtype="float32", **kw))
-
-
 PROMPTS = [[(11 * i + j) % 250 + 3 for j in range(5 + 6 * i)] for i in range(9)]
 
 
-def test_a_seeded_request_is_the_same_alone_and_in_a_batch(model_dir):
+def test_a_seeded_request_is_the_same_alone_and_in_a_batch(make_random_engine):
     seeded = SamplingParams(temperature=1.0, top_p=0.9, seed=42, max_tokens=20, ignore_eos=True)
-    alone = run_to_completion(engine_for(model_dir), [PROMPTS[4]], seeded)[0]
+    alone = run_to_completion(make_random_engine(), [PROMPTS[4]], seeded)[0]
     others = [SamplingParams(temperature=0.8, max_tokens=20 + i, ignore_eos=True) for i in range(8)]
-    batch = run_to_completion(engine_for(model_dir), PROMPTS[:4] + [PROMPTS[4]] + PROMPTS[5:],
+    batch = run_to_completion(make_random_engine(), PROMPTS[:4] + [PROMPTS[4]] + PROMPTS[5:],
                               others[:4] + [seeded] + others[4:])
     assert batch[4].outputs[0].token_ids == alone.outputs[0].token_ids
     # And a different seed gives a different sample (the seed matters).
     other = SamplingParams(temperature=1.0, top_p=0.9, seed=7, max_tokens=20, ignore_eos=True)
-    assert run_to_completion(engine_for(model_dir), [PROMPTS[4]], other)[0].outputs[0].token_ids \
+    assert run_to_completion(make_random_engine(), [PROMPTS[4]], other)[0].outputs[0].token_ids \
         != alone.outputs[0].token_ids
 
 
-def test_stop_strings_spanning_token_boundaries(model_dir):
-    free = run_to_completion(engine_for(model_dir), [PROMPTS[2]], greedy(40))[0].outputs[0]
+def test_stop_strings_spanning_token_boundaries(make_random_engine):
+    free = run_to_completion(make_random_engine(), [PROMPTS[2]], greedy(40))[0].outputs[0]
     text = free.text
     # The byte-level tokenizer makes one token per byte: any 3-character stop string
     # spans three tokens. Pick one from the middle of the free-running text.
@@ -122,31 +110,31 @@ def test_stop_strings_spanning_token_boundaries(model_dir):
                 and text.find(text[i:i + 3]) == i)
     cut = text.index(stop)
     params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=[stop, "\x00never"])
-    out = run_to_completion(engine_for(model_dir), [PROMPTS[2]], params)[0].outputs[0]
+    out = run_to_completion(make_random_engine(), [PROMPTS[2]], params)[0].outputs[0]
     assert out.text == text[:cut]
     assert out.finish_reason == "stop" and out.stop_reason == stop
     keep = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=[stop],
                           include_stop_str_in_output=True)
-    out = run_to_completion(engine_for(model_dir), [PROMPTS[2]], keep)[0].outputs[0]
+    out = run_to_completion(make_random_engine(), [PROMPTS[2]], keep)[0].outputs[0]
     assert out.text == text[:cut + len(stop)]
 
 
-def test_stop_token_ids_and_min_tokens(model_dir):
-    free = run_to_completion(engine_for(model_dir), [PROMPTS[3]], greedy(30))[0].outputs[0]
+def test_stop_token_ids_and_min_tokens(make_random_engine):
+    free = run_to_completion(make_random_engine(), [PROMPTS[3]], greedy(30))[0].outputs[0]
     stop_id = free.token_ids[5]
     first = free.token_ids.index(stop_id)
-    out = run_to_completion(engine_for(model_dir), [PROMPTS[3]],
+    out = run_to_completion(make_random_engine(), [PROMPTS[3]],
                             SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[stop_id]))[0]
     assert out.outputs[0].token_ids == free.token_ids[: first + 1]
     assert out.outputs[0].stop_reason == stop_id
     # min_tokens forbids the stop token until enough tokens exist.
-    later = run_to_completion(engine_for(model_dir), [PROMPTS[3]], SamplingParams(
+    later = run_to_completion(make_random_engine(), [PROMPTS[3]], SamplingParams(
         temperature=0, max_tokens=30, stop_token_ids=[stop_id], min_tokens=first + 2))[0]
     assert len(later.outputs[0].token_ids) >= first + 2
 
 
-def test_n_samples_share_the_prompt_blocks_and_free_them(model_dir):
-    engine = engine_for(model_dir)
+def test_n_samples_share_the_prompt_blocks_and_free_them(make_random_engine):
+    engine = make_random_engine()
     prompt = PROMPTS[6]  # 41 tokens: 5 full blocks of 8
     params = SamplingParams(n=4, temperature=1.0, seed=3, max_tokens=12, ignore_eos=True)
     engine.add_request("multi", prompt, params)
@@ -171,14 +159,14 @@ def test_n_samples_share_the_prompt_blocks_and_free_them(model_dir):
     assert all(BlockState(s) != BlockState.IN_USE for s in snap.states)
 
 
-def test_logprobs_are_the_models_log_softmax(model_dir):
-    engine = engine_for(model_dir)
+def test_logprobs_are_the_models_log_softmax(random_llama, make_random_engine):
+    engine = make_random_engine()
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=3)
     out = run_to_completion(engine, [PROMPTS[1]], params)[0].outputs[0]
     assert len(out.logprobs) == 6
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(random_llama, dtype=torch.float32).eval()
     ids = torch.tensor([PROMPTS[1] + out.token_ids])
     with torch.no_grad():
         ref = hf(ids).logits[0].log_softmax(-1)

@@ -22,20 +22,13 @@ from engine import EngineConfig
 from engine.async_engine import AsyncEngine
 from engine.server import start_server
 from engine_helpers import aborted_ids
-from model_factory import make_random_llama
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there"}]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_random_llama(tmp_path_factory.mktemp("m") / "llama", num_heads=4,
-                             num_kv_heads=2, head_dim=32, num_layers=2)
-
-
-@pytest.fixture(scope="module")
-def engine(model_dir):
-    engine = AsyncEngine(EngineConfig(model=str(model_dir), device="cpu", dtype="float32", block_size=8))
+def engine(random_llama):
+    engine = AsyncEngine(EngineConfig(model=str(random_llama), device="cpu", dtype="float32", block_size=8))
     yield engine
     engine.shutdown()
 
@@ -313,8 +306,8 @@ def test_stopping_the_server_ends_open_streams(engine, model):
     assert wait_until(lambda: idle(engine))
 
 
-def test_a_dead_engine_gets_503_not_500(model_dir):
-    engine = AsyncEngine(EngineConfig(model=str(model_dir), device="cpu", dtype="float32"))
+def test_a_dead_engine_gets_503_not_500(random_llama):
+    engine = AsyncEngine(EngineConfig(model=str(random_llama), device="cpu", dtype="float32"))
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated device failure")
@@ -381,7 +374,7 @@ def test_the_default_model_through_its_own_chat_template(default_loaded):
 # ---------------------------------------------------------------- the command line
 
 
-def test_pagedesk_serve_runs_headless(model_dir, tmp_path):
+def test_pagedesk_serve_runs_headless(random_llama, tmp_path):
     """`pagedesk serve` runs where Qt cannot be imported, serves, and stops on Ctrl-C."""
     import socket
 
@@ -392,7 +385,7 @@ def test_pagedesk_serve_runs_headless(model_dir, tmp_path):
     no_qt = ("import sys; sys.modules.update(PySide6=None, qasync=None, ui=None); "
              "from app.__main__ import main; main(sys.argv[1:])")
     env = {**os.environ, "PAGEDESK_API_KEY": "k"}
-    proc = subprocess.Popen([sys.executable, "-c", no_qt, "serve", "--model", str(model_dir), "--port",
+    proc = subprocess.Popen([sys.executable, "-c", no_qt, "serve", "--model", str(random_llama), "--port",
                              str(port), "--device", "cpu", "--log-level", "warning"], env=env)
     try:
         assert wait_until(lambda: _healthy(port) or proc.poll() is not None, timeout=90)

@@ -111,8 +111,10 @@ class PagedCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
-        weight = self.embedding().weight if self.lm_head is None else self.lm_head.weight
-        logits = linear(hidden, weight).float()
+        if self.lm_head is None:
+            logits = linear(hidden, self.embedding().weight).float()
+        else:
+            logits = self.lm_head(hidden).float()
         if self.final_logit_softcap:
             cap = self.final_logit_softcap
             logits = torch.tanh(logits / cap) * cap
