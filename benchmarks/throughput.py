@@ -185,13 +185,10 @@ def torch_dtype(name: str) -> Any:
 # ---------------------------------------------------------------------------- the model
 def default_model_folder() -> Path:
     """The safetensors folder pagedesk converts its bundled GGUF into (converted on first use),
-    so transformers and vLLM read exactly the weights the engine reads. (engine.gguf_loader and
-    engine.model_loader are not the engine's exported API; nothing exported names this folder.)"""
-    from engine.gguf_loader import convert_gguf
-    from engine.model_loader import resolve_model
+    so transformers and vLLM read exactly the weights the engine reads."""
+    from engine import hf_folder_of
 
-    _, source = resolve_model(None)
-    return convert_gguf(source) if source.suffix == ".gguf" else source
+    return hf_folder_of(None)
 
 
 def write_random_llama_1b(folder: Path, dtype_name: str, device: str) -> None:

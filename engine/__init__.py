@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
     from engine.kv_snapshot import BlockState, KVSnapshot
     from engine.llm import LLM
     from engine.llm_engine import LLMEngine
+    from engine.model_loader import hf_folder_of
     from engine.models import ModelPath, UnsupportedModelError
     from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
     from engine.sampling_params import RequestOutputKind, SamplingParams
@@ -34,6 +35,7 @@ _EXPORTS = {
     "UnsupportedModelError": "engine.models",
     "ModelPath": "engine.models",
     "LLMEngine": "engine.llm_engine",
+    "hf_folder_of": "engine.model_loader",
     "EngineConfig": "engine.config",
     "SamplingParams": "engine.sampling_params",
     "RequestOutputKind": "engine.sampling_params",

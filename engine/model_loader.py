@@ -88,6 +88,14 @@ def load_model(model: str | None, *, dtype: torch.dtype, device: torch.device) -
         return load_hf_dir(converted, name=name, source_path=source, dtype=dtype, device=device)
 
 
+def hf_folder_of(model: str | os.PathLike | None = None) -> Path:
+    """The Hugging Face folder (config.json, safetensors, tokenizer) the engine reads for
+    `model`: a GGUF's converted copy (converted on first use), or the model's own folder.
+    Other tools (transformers, vLLM) can read the very weights the engine reads from it."""
+    _, source = resolve_model(model)
+    return convert_gguf(source) if source.suffix == ".gguf" else source
+
+
 def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path]:
     """(display name, model directory or .gguf file) for what the caller passed."""
     if model is None:

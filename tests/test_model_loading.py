@@ -394,3 +394,15 @@ def test_changed_gguf_replaces_its_old_conversion(tiny_gguf, own_cache, monkeypa
     assert not before.exists()  # ~0.5 GB for the real model: not left behind
     # Another file's copy stays.
     assert gguf_loader.is_complete(gguf_loader.converted_dir_for(tiny_gguf))
+
+
+def test_hf_folder_of_names_the_folder_the_engine_reads(random_llama):
+    from transformers import AutoConfig
+
+    from engine import hf_folder_of
+
+    assert hf_folder_of(random_llama).resolve() == Path(random_llama).resolve()
+    converted = hf_folder_of(None)  # the bundled GGUF's converted copy
+    assert (converted / "config.json").is_file()
+    assert AutoConfig.from_pretrained(converted).model_type == "llama"
+    assert list(converted.glob("*.safetensors"))
