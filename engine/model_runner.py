@@ -208,7 +208,8 @@ class ModelRunner:
         offsets = np.repeat(starts - cu[:-1], q_lens)  # position minus batch row, per token
         positions = np.arange(cu[-1], dtype=np.int64) + offsets
         seq_of_token = np.repeat(rows, q_lens)
-        slots = self.block_table.array[seq_of_token, positions // bs] * bs + positions % bs
+        blocks = self.block_table.array[seq_of_token, positions // bs].astype(np.int64)
+        slots = blocks * bs + positions % bs  # int64: a large cache has over 2**31 slots
         input_ids = np.empty(cu[-1], np.int64)
         for item, a, b in zip(items, cu[:-1].tolist(), cu[1:].tolist()):
             input_ids[a:b] = item.request.all_token_ids[item.start : item.start + b - a]

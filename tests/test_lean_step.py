@@ -84,6 +84,7 @@ def test_prepare_inputs_matches_the_per_token_construction(tiny_engine):
     assert ids.tolist() == want[0]
     assert positions.tolist() == want[1]
     assert meta.slot_mapping.tolist() == want[2]
+    assert meta.slot_mapping.dtype == torch.int64  # AttentionMetadata's contract
     assert meta.cu_query_lens.tolist() == want[3]
     assert meta.seq_lens.tolist() == want[4]
     assert sample_rows.tolist() == want[5]
