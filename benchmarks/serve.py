@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import os
 import random
@@ -178,19 +177,9 @@ def start_local_server(args: argparse.Namespace):
     return engine, start_server(engine, host="127.0.0.1", port=0)
 
 
-def is_loopback(host: str) -> bool:
-    """localhost, *.localhost, 127.0.0.0/8 or ::1 (the server's own rule, kept here so the
-    benchmark needs only the engine's exported API)."""
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_base_url(url: str) -> str:
+    from engine.server import is_loopback  # the server's own rule for what is local
+
     host = urlparse(url).hostname or ""
     if not is_loopback(host):
         raise SystemExit(f"--base-url must be a loopback address (127.0.0.1, localhost, ::1), got {url!r}")

@@ -19,6 +19,7 @@ _EXPORTS = {
     "create_app": "engine.server.api",
     "ServerHandle": "engine.server.handle",
     "start_server": "engine.server.handle",
+    "is_loopback": "engine.server.net",
 }
 
 __all__ = sorted(_EXPORTS)
