@@ -89,3 +89,35 @@ def hf_smollm2_gguf():
         folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=torch.float32
     )
     return model.eval()
+
+
+# ---------------------------------------------------------------- the OpenAI server
+@pytest.fixture(scope="module")
+def served_engine(random_llama):
+    """An AsyncEngine over `random_llama` (CPU, float32, blocks of 8) for one test module's
+    server; shut down after the module."""
+    from engine import EngineConfig
+    from engine.async_engine import AsyncEngine
+
+    engine = AsyncEngine(EngineConfig(model=str(random_llama), device="cpu", dtype="float32",
+                                      block_size=8))
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def api_server(served_engine):
+    """`start_server(served_engine)` on 127.0.0.1 and a free port (handle.url)."""
+    from engine.server import start_server
+
+    with start_server(served_engine, port=0) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def api_client(api_server):
+    """The official `openai` client on `api_server` (no retries, 60 s timeout)."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{api_server.url}/v1", api_key="unused", max_retries=0,
+                         timeout=60)

@@ -27,21 +27,18 @@ MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "c
 
 
 @pytest.fixture(scope="module")
-def engine(random_llama):
-    engine = AsyncEngine(EngineConfig(model=str(random_llama), device="cpu", dtype="float32", block_size=8))
-    yield engine
-    engine.shutdown()
+def engine(served_engine):
+    return served_engine
 
 
 @pytest.fixture(scope="module")
-def server(engine):
-    with start_server(engine, port=0) as handle:
-        yield handle
+def server(api_server):
+    return api_server
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+def client(api_client):
+    return api_client
 
 
 @pytest.fixture(scope="module")
