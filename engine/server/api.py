@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.async_engine import EngineDeadError
 from engine.server.errors import APIError, error_body
+from engine.server.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from engine.server.metrics import ServerMetrics
 from engine.server.net import host_name, is_loopback
 from engine.server.protocol import ChatCompletionRequest, CompletionRequest, ModelList
@@ -42,6 +43,7 @@ def create_app(
     api_key: str | None = None,
     served_model_name: str | list[str] | None = None,
     allowed_hosts: Sequence[str] | None = (LOOPBACK,),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The ASGI app serving `engine` (an AsyncEngine that keeps running after the app).
 
@@ -49,6 +51,7 @@ def create_app(
     model name). api_key: if set, every /v1 request must carry it as a bearer token.
     allowed_hosts: the `Host` names accepted ("loopback" = localhost and loopback
     addresses, the default); None accepts any (a server bound to a LAN address).
+    max_body_bytes: a larger request body is refused with a 413 before it is parsed.
     """
     names = [served_model_name] if isinstance(served_model_name, str) else list(served_model_name or [])
     names = names or [engine.model_name]
@@ -61,8 +64,9 @@ def create_app(
     _add_error_handlers(app)
     app.include_router(_open_routes(engine, metrics))
     app.include_router(_v1_routes(serving), dependencies=[Depends(_bearer_check(api_key))])
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if allowed_hosts is not None:
-        app.add_middleware(HostGuard, allowed_hosts=allowed_hosts)
+        app.add_middleware(HostGuard, allowed_hosts=allowed_hosts)  # outermost: checked first
     return app
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 
 from engine.server.net import is_loopback
@@ -18,6 +19,8 @@ from engine.server.net import is_loopback
 log = logging.getLogger("pagedesk.serve")
 
 API_KEY_ENV = "PAGEDESK_API_KEY"
+MiB = 1024 * 1024
+DEFAULT_MAX_BODY_MIB = 1.0  # engine.server.limits.DEFAULT_MAX_BODY_BYTES, without importing FastAPI
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -31,6 +34,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV})")
     parser.add_argument("--served-model-name", default=None,
                         help="the model name clients use (default: the model's own name)")
+    parser.add_argument("--max-request-body-mb", type=_positive_mib, default=DEFAULT_MAX_BODY_MIB,
+                        help=f"refuse larger request bodies with a 413, in MiB "
+                             f"(default {DEFAULT_MAX_BODY_MIB:g})")
     engine = parser.add_argument_group("engine")
     engine.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     engine.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -44,6 +50,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
     return parser
+
+
+def _positive_mib(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text}")
+    return value
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -67,7 +80,7 @@ def run_serve(args: argparse.Namespace) -> None:
     try:
         hosts = (LOOPBACK,) if is_loopback(args.host) else None  # a LAN address answers to any name
         app = create_app(engine, api_key=args.api_key, served_model_name=args.served_model_name,
-                         allowed_hosts=hosts)
+                         allowed_hosts=hosts, max_body_bytes=int(args.max_request_body_mb * MiB))
         log.info("serving %s at http://%s:%d/v1", args.served_model_name or engine.model_name,
                  args.host, args.port)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,

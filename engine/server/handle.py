@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from engine.server.api import LOOPBACK, create_app
+from engine.server.limits import DEFAULT_MAX_BODY_BYTES
 from engine.server.net import is_loopback
 
 GRACEFUL_SHUTDOWN_S = 3  # open streams get this long to finish when the server stops
@@ -57,6 +58,7 @@ def start_server(
     api_key: str | None = None,
     *,
     served_model_name: str | list[str] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     log_level: str = "warning",
     startup_timeout: float = 30.0,
 ) -> ServerHandle:
@@ -67,7 +69,8 @@ def start_server(
     """
     sock = _bind(host, port)
     hosts = (LOOPBACK,) if is_loopback(host) else None  # a LAN address answers to any name
-    app = create_app(engine, api_key=api_key, served_model_name=served_model_name, allowed_hosts=hosts)
+    app = create_app(engine, api_key=api_key, served_model_name=served_model_name, allowed_hosts=hosts,
+                     max_body_bytes=max_body_bytes)
     config = uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = uvicorn.Server(config)

@@ -67,7 +67,10 @@ class OpenAIServing:
     async def chat(self, request: ChatCompletionRequest, raw: Request) -> Response:
         model = self._check_model(request.model)
         params = chat_sampling_params(request)
-        prompt = chat_prompt(self.engine.tokenizer, request)
+        # In a thread: rendering and tokenising a long prompt takes seconds per megabyte,
+        # which on the event loop would stall every other client (the Rust tokenizer
+        # releases the GIL while it works).
+        prompt = await asyncio.to_thread(chat_prompt, self.engine.tokenizer, request)
         check_length(prompt, params.max_tokens, self.engine.max_model_len, "messages")
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         gen = Generation(self.engine, [prompt], params, rid, self.metrics)
@@ -119,7 +122,7 @@ class OpenAIServing:
     async def completions(self, request: CompletionRequest, raw: Request) -> Response:
         model = self._check_model(request.model)
         params = completion_sampling_params(request)
-        prompts = completion_prompts(self.engine.tokenizer, request)
+        prompts = await asyncio.to_thread(completion_prompts, self.engine.tokenizer, request)
         for prompt in prompts:
             check_length(prompt, params.max_tokens, self.engine.max_model_len, "prompt")
         rid = f"cmpl-{uuid.uuid4().hex}"
