@@ -83,6 +83,7 @@ class EngineFacts:
     num_kv_blocks: int
     block_size: int
     max_model_len: int
+    vocab_size: int  # the model's: token ids run from 0 to vocab_size - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ class EngineMetrics:
     kv_usage: float = 0.0  # share of blocks held by requests (0-1)
     prefix_queries: int = 0  # prompt tokens looked up in the prefix cache so far
     prefix_hits: int = 0  # of which were found
+    num_preemptions: int = 0  # requests preempted (to be recomputed) so far
 
 
 class _Stream:
@@ -351,12 +353,13 @@ class AsyncEngine:
         e = self.engine
         return EngineFacts(e.model_name, e.model_path.label, e.device, e.dtype,
                            str(e.attention_backend), e.num_kv_blocks, e.config.block_size,
-                           e.max_model_len)  # fmt: skip
+                           e.max_model_len, e.loaded.hf_config.vocab_size)  # fmt: skip
 
     def _measure(self) -> EngineMetrics:
         e, kv = self.engine, self.engine.kv_manager
         return EngineMetrics(e.num_steps, len(e.scheduler.running), len(e.scheduler.waiting),
-                             kv.usage, kv.prefix_queries, kv.prefix_hits)  # fmt: skip
+                             kv.usage, kv.prefix_queries, kv.prefix_hits,
+                             e.scheduler.num_preemptions_total)  # fmt: skip
 
     def _step(self) -> StepStats | None:
         """One engine step; its record, or None if nothing could be scheduled."""

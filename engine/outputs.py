@@ -13,6 +13,8 @@ class RequestMetrics:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
+    last_token_time: float | None = None  # when the latest generated token came
+    num_preemptions: int = 0  # times the request was preempted (and recomputed)
 
     @property
     def time_to_first_token(self) -> float | None:

@@ -219,7 +219,7 @@ def test_server_metrics_count_each_sample_of_a_delta_stream_once():
     from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
     from engine.server.metrics import ServerMetrics
 
-    metrics = ServerMetrics(SimpleNamespace(metrics=EngineMetrics), model_name="m")
+    metrics = ServerMetrics(SimpleNamespace(metrics=EngineMetrics, max_model_len=64), model_name="m")
     tracker = metrics.track()
 
     def output(finished: bool, *completions: CompletionOutput) -> RequestOutput:
@@ -233,8 +233,9 @@ def test_server_metrics_count_each_sample_of_a_delta_stream_once():
 
     def count(reason: str) -> float | None:
         return metrics.registry.get_sample_value(
-            "pagedesk:request_success_total", {"model_name": "m", "finished_reason": reason})
+            "vllm:request_success_total", {"model_name": "m", "engine": "0",
+                                           "finished_reason": reason})
 
-    assert (count("stop"), count("length"), count("abort")) == (1.0, 1.0, None)
-    assert metrics.registry.get_sample_value("pagedesk:generation_tokens_total",
-                                             {"model_name": "m"}) == 4  # fmt: skip
+    assert (count("stop"), count("length"), count("abort")) == (1.0, 1.0, 0.0)
+    assert metrics.registry.get_sample_value("vllm:generation_tokens_total",
+                                             {"model_name": "m", "engine": "0"}) == 4  # fmt: skip

@@ -331,12 +331,12 @@ def _scrape(server) -> dict[str, float]:
 def test_metrics_parse_and_count_up(server, client, model):
     before = _scrape(server)
     for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"):
-        assert f"pagedesk:{name}" in before
+        assert f"vllm:{name}" in before
     reply = client.completions.create(model=model, prompt="Metrics, please", max_tokens=6, **greedy())
     after = _scrape(server)
 
     def grew(name: str) -> float:
-        return after[f"pagedesk:{name}"] - before.get(f"pagedesk:{name}", 0.0)
+        return after[f"vllm:{name}"] - before.get(f"vllm:{name}", 0.0)
 
     assert grew("prompt_tokens_total") == reply.usage.prompt_tokens
     assert grew("generation_tokens_total") == 6
@@ -344,8 +344,8 @@ def test_metrics_parse_and_count_up(server, client, model):
     assert grew("inter_token_latency_seconds_count") == 5
     assert grew("e2e_request_latency_seconds_count") == 1
     assert grew("prefix_cache_queries_total") >= reply.usage.prompt_tokens - 1
-    assert after["pagedesk:prefix_cache_hits_total"] >= 0
-    assert after["pagedesk:kv_cache_usage_perc"] == 0 and after["pagedesk:num_requests_running"] == 0
+    assert after["vllm:prefix_cache_hits_total"] >= 0
+    assert after["vllm:kv_cache_usage_perc"] == 0 and after["vllm:num_requests_running"] == 0
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """`create_app(engine)`: the FastAPI app of the OpenAI-compatible server (like `vllm serve`).
 
-Routes: GET /health, GET /metrics (Prometheus), GET /v1/models, POST /v1/completions,
-POST /v1/chat/completions. With an API key, /v1/* wants `Authorization: Bearer KEY`
-(/health and /metrics stay open, as in vLLM, for probes and scrapers).
+Routes: GET /health, GET /metrics (Prometheus, vLLM's names), GET /version, POST /tokenize,
+POST /detokenize, GET /v1/models, GET /v1/models/{id}, POST /v1/completions,
+POST /v1/chat/completions. With an API key, /v1/* wants `Authorization: Bearer KEY`; the
+rest stays open, as in vLLM (probes, scrapers, and its tokenizer routes).
 
 A server on 127.0.0.1 is still reachable from any web page the user opens: no CORS headers
 are sent (a page cannot read the answers), a non-JSON body is refused (no form posts), and
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -29,8 +31,11 @@ from engine.server.errors import APIError, error_body
 from engine.server.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from engine.server.metrics import ServerMetrics
 from engine.server.net import host_name, is_loopback
-from engine.server.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from engine.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from engine.server.serving import ClientGone, OpenAIServing
+from engine.server.tokenization import (
+    DetokenizeRequest, DetokenizeResponse, Tokenization, TokenizeRequest, TokenizeResponse,
+)
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499  # nginx's code: nobody reads it, but logs show what happened
@@ -63,6 +68,7 @@ def create_app(
     app.state.metrics = metrics
     _add_error_handlers(app)
     app.include_router(_open_routes(engine, metrics))
+    app.include_router(_tokenizer_routes(Tokenization(engine, names)))
     app.include_router(_v1_routes(serving), dependencies=[Depends(_bearer_check(api_key))])
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if allowed_hosts is not None:
@@ -107,7 +113,32 @@ def _open_routes(engine: Any, metrics: ServerMetrics) -> APIRouter:
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    @router.get("/version")
+    async def show_version() -> dict[str, str]:
+        return {"version": _pagedesk_version()}
+
     return router
+
+
+def _tokenizer_routes(tokenization: Tokenization) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/tokenize", response_model=TokenizeResponse)
+    async def tokenize(request: TokenizeRequest) -> TokenizeResponse:
+        return await tokenization.tokenize(request)
+
+    @router.post("/detokenize", response_model=DetokenizeResponse)
+    async def detokenize(request: DetokenizeRequest) -> DetokenizeResponse:
+        return await tokenization.detokenize(request)
+
+    return router
+
+
+def _pagedesk_version() -> str:
+    try:
+        return version("pagedesk")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _v1_routes(serving: OpenAIServing) -> APIRouter:
@@ -116,6 +147,11 @@ def _v1_routes(serving: OpenAIServing) -> APIRouter:
     @router.get("/models", response_model=ModelList)
     async def models() -> ModelList:
         return serving.models()
+
+    # :path, as model names hold slashes ("HuggingFaceTB/SmolLM2-135M-Instruct")
+    @router.get("/models/{model_id:path}", response_model=ModelCard)
+    async def model(model_id: str) -> ModelCard:
+        return serving.model(model_id)
 
     @router.post("/chat/completions")
     async def chat(request: ChatCompletionRequest, raw: Request) -> Response:

@@ -77,7 +77,7 @@ class Generation:
         self.params = replace(params, output_kind=RequestOutputKind.DELTA)
         self.request_id = request_id
         self.n = getattr(params, "n", 1)
-        self.trackers = [metrics.track() for _ in prompts]
+        self.trackers = [metrics.track(self.params) for _ in prompts]
         self._choices: dict[int, _Choice] = {}  # choice index -> what it said so far
         self._done: set[int] = set()  # finished choices, reported once
 

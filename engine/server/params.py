@@ -11,6 +11,7 @@ from typing import Any
 from engine.sampling_params import SamplingParams
 from engine.server.errors import APIError, unsupported
 from engine.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from engine.server.unsupported import CHAT, COMPLETION, refuse_unsupported
 
 # Request fields whose name and meaning are the engine's own.
 _PASS_THROUGH = (
@@ -23,6 +24,7 @@ _PASS_THROUGH = (
 def chat_sampling_params(request: ChatCompletionRequest) -> SamplingParams:
     """SamplingParams for a chat request. No max_tokens = until the context is full."""
     _refuse_unsupported_chat(request)
+    refuse_unsupported(request, CHAT)
     fields = _common_fields(request)
     max_tokens = request.max_completion_tokens or request.max_tokens
     fields["max_tokens"] = max_tokens  # None (OpenAI's default for chat): up to the context
@@ -35,8 +37,7 @@ def chat_sampling_params(request: ChatCompletionRequest) -> SamplingParams:
 
 def completion_sampling_params(request: CompletionRequest) -> SamplingParams:
     """SamplingParams for a (legacy) completion request; max_tokens defaults to 16."""
-    if request.suffix:
-        raise unsupported("suffix", "suffix")
+    refuse_unsupported(request, COMPLETION)
     if request.best_of is not None and request.best_of != request.n:
         raise unsupported("best_of", "best_of other than n")
     if request.echo and request.logprobs is not None:
@@ -49,6 +50,7 @@ def completion_sampling_params(request: CompletionRequest) -> SamplingParams:
 
 
 def _common_fields(request: SamplingRequest) -> dict[str, Any]:
+    _check_stream_options(request)
     if request.logit_bias:
         raise unsupported("logit_bias", "logit_bias")
     fields = {}
@@ -57,6 +59,14 @@ def _common_fields(request: SamplingRequest) -> dict[str, Any]:
         if value is not None:
             fields[name] = [value] if name == "stop" and isinstance(value, str) else value
     return fields
+
+
+def _check_stream_options(request: SamplingRequest) -> None:
+    # vLLM's rule and words: an empty {} or null passes, any option without a stream does not.
+    options = request.stream_options
+    if options is not None and options.model_fields_set and not request.stream:
+        raise APIError("Stream options can only be defined when `stream=True`.",
+                       param="stream_options")
 
 
 def _refuse_unsupported_chat(request: ChatCompletionRequest) -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class StreamOptions(BaseModel):
     include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False  # vLLM's: usage in every chunk, too
 
 
 class SamplingRequest(BaseModel):
@@ -50,6 +51,11 @@ class SamplingRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """vLLM's rule: usage in every chunk only with include_usage as well."""
+        return self.include_usage and bool(self.stream_options.continuous_usage_stats)
 
 
 class TextPart(BaseModel):

@@ -30,7 +30,7 @@ from engine.server.prompts import Prompt, chat_prompt, check_length, completion_
 from engine.server.protocol import (
     AssistantMessage, ChatCompletionChoice, ChatCompletionChunk, ChatCompletionRequest,
     ChatCompletionResponse, ChatCompletionStreamChoice, CompletionChoice, CompletionRequest,
-    CompletionResponse, DeltaMessage, ModelCard, ModelList,
+    CompletionResponse, DeltaMessage, ModelCard, ModelList, UsageInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,16 @@ class OpenAIServing:
 
     # ---------------------------------------------------------------- models
     def models(self) -> ModelList:
-        return ModelList(data=[
-            ModelCard(id=name, root=self.engine.model_name, max_model_len=self.engine.max_model_len)
-            for name in self.model_names
-        ])
+        return ModelList(data=[self._card(name) for name in self.model_names])
+
+    def model(self, model_id: str) -> ModelCard:
+        """One served model (OpenAI's retrieve); a 404 for any other name."""
+        if model_id not in self.model_names:
+            raise model_not_found(model_id)
+        return self._card(model_id)
+
+    def _card(self, name: str) -> ModelCard:
+        return ModelCard(id=name, root=self.engine.model_name, max_model_len=self.engine.max_model_len)
 
     def _check_model(self, model: str | None) -> str:
         if model is not None and model not in self.model_names:
@@ -75,7 +81,8 @@ class OpenAIServing:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         gen = Generation(self.engine, [prompt], params, rid, self.metrics)
         top_n = (request.top_logprobs or 0) if request.logprobs else None
-        ctx = _Context(rid, model, request.include_usage, top_n)
+        ctx = _Context(rid, model, request.include_usage, top_n,
+                       continuous_usage=request.continuous_usage)
         if request.stream:
             return await self._stream(raw, gen, lambda deltas: self._chat_events(gen, ctx, deltas))
         await _run(raw, gen.run_to_end())
@@ -96,13 +103,15 @@ class OpenAIServing:
     async def _chat_events(
         self, gen: Generation, ctx: _Context, stream: AsyncIterator[list[Delta]]
     ) -> AsyncIterator[str]:
-        # OpenAI's first chunk of each choice names the role.
-        yield _sse(ctx.chat_chunk([
-            ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
-            for i in range(gen.num_choices)
-        ]))
+        # One choice per chunk, as OpenAI and vLLM send them: a client reading choices[0]
+        # of each chunk sees every choice. The first chunk of each choice names the role.
+        for i in range(gen.num_choices):
+            role = ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
+            yield _sse(ctx.chat_chunk([role], usage=ctx.running_usage(gen)))
         async for deltas in stream:
-            yield _sse(ctx.chat_chunk([self._chat_stream_choice(d, ctx) for d in deltas]))
+            for d in deltas:
+                yield _sse(ctx.chat_chunk([self._chat_stream_choice(d, ctx)],
+                                          usage=ctx.running_usage(gen)))
         if ctx.include_usage:
             yield _sse(ctx.chat_chunk([], usage=gen.usage()))
 
@@ -127,7 +136,8 @@ class OpenAIServing:
             check_length(prompt, params.max_tokens, self.engine.max_model_len, "prompt")
         rid = f"cmpl-{uuid.uuid4().hex}"
         gen = Generation(self.engine, prompts, params, rid, self.metrics)
-        ctx = _Context(rid, model, request.include_usage, request.logprobs, request.echo)
+        ctx = _Context(rid, model, request.include_usage, request.logprobs, request.echo,
+                       continuous_usage=request.continuous_usage)
         if request.stream:
             return await self._stream(
                 raw, gen, lambda deltas: self._completion_events(gen, ctx, deltas))
@@ -156,22 +166,22 @@ class OpenAIServing:
     async def _completion_events(
         self, gen: Generation, ctx: _Context, stream: AsyncIterator[list[Delta]]
     ) -> AsyncIterator[str]:
+        # One choice per chunk, as OpenAI and vLLM send them.
         if ctx.echo:
-            yield _sse(ctx.completion_chunk([
-                CompletionChoice(index=i, text=self._echo(gen, i)) for i in range(gen.num_choices)
-            ]))
+            for i in range(gen.num_choices):
+                yield _sse(ctx.completion_chunk([CompletionChoice(index=i, text=self._echo(gen, i))],
+                                                usage=ctx.running_usage(gen)))
         offsets = [0] * gen.num_choices  # text offsets of each choice's logprobs
         async for deltas in stream:
-            choices = []
             for d in deltas:
                 logprobs = None
                 if ctx.logprobs is not None:
                     logprobs = self.logprobs.completion(d.token_ids, d.logprobs, offsets[d.index])
                     if logprobs is not None and logprobs.tokens:
                         offsets[d.index] = logprobs.text_offset[-1] + len(logprobs.tokens[-1])
-                choices.append(CompletionChoice(index=d.index, text=d.text, logprobs=logprobs,
-                                                finish_reason=d.finish_reason, stop_reason=d.stop_reason))
-            yield _sse(ctx.completion_chunk(choices))
+                choice = CompletionChoice(index=d.index, text=d.text, logprobs=logprobs,
+                                          finish_reason=d.finish_reason, stop_reason=d.stop_reason)
+                yield _sse(ctx.completion_chunk([choice], usage=ctx.running_usage(gen)))
         if ctx.include_usage:
             yield _sse(ctx.completion_chunk([], usage=gen.usage()))
 
@@ -197,14 +207,20 @@ class _Context:
     """What every chunk of one response shares."""
 
     def __init__(
-        self, rid: str, model: str, include_usage: bool, logprobs: int | None, echo: bool = False
+        self, rid: str, model: str, include_usage: bool, logprobs: int | None, echo: bool = False,
+        *, continuous_usage: bool = False,
     ):
         self.id = rid
         self.model = model
         self.created = int(time.time())
         self.include_usage = include_usage
+        self.continuous_usage = continuous_usage  # usage in every chunk (vLLM's stream option)
         self.logprobs = logprobs  # top-N alternatives per token; None: no logprobs
         self.echo = echo
+
+    def running_usage(self, gen: Generation) -> UsageInfo | None:
+        """The usage so far, for a stream asked for continuous usage stats (as vLLM)."""
+        return gen.usage() if self.continuous_usage else None
 
     def chat_chunk(self, choices: list[ChatCompletionStreamChoice], usage=None) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
