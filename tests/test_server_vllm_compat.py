@@ -14,7 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.server import start_server
-from engine.server.unsupported import CHAT, COMPLETION
+from engine.server.protocol import ChatCompletionRequest, CompletionRequest
+from engine.server.unsupported import CHAT, COMPLETION, IGNORED
 
 MESSAGES = [{"role": "user", "content": "Count with me"}]
 GREEDY = {"temperature": 0}
@@ -168,6 +169,54 @@ def test_harmless_values_and_metadata_fields_are_accepted(api_server, model, pat
     assert response.status_code == 200, response.text
 
 
+# vLLM 0.32's request fields (vllm/entrypoints/openai/chat_completion/protocol.py and
+# completion/protocol.py), copied as the reference a user moving over relies on.
+VLLM_CHAT_FIELDS = (
+    "messages", "model", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+    "max_tokens", "max_completion_tokens", "n", "presence_penalty", "response_format", "seed",
+    "stop", "stream", "stream_options", "temperature", "top_p", "tools", "tool_choice",
+    "reasoning_effort", "thinking_token_budget", "include_reasoning", "parallel_tool_calls",
+    "user", "use_beam_search", "top_k", "min_p", "repetition_penalty", "watermarking",
+    "length_penalty", "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "min_tokens",
+    "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens",
+    "truncation_side", "prompt_logprobs", "logprob_token_ids", "allowed_token_ids", "bad_words",
+    "echo", "add_generation_prompt", "continue_final_message", "add_special_tokens", "documents",
+    "chat_template", "chat_template_kwargs", "media_io_kwargs", "mm_processor_kwargs",
+    "structured_outputs", "priority", "request_id", "session_id", "return_tokens_as_token_ids",
+    "return_token_ids", "routed_experts_prompt_start", "return_token_offsets",
+    "return_prompt_text", "mm_payload", "return_mm_kwargs", "cache_salt", "kv_transfer_params",
+    "ec_transfer_params", "vllm_xargs", "repetition_detection", "stream_interval",
+)
+VLLM_COMPLETION_FIELDS = (
+    "model", "prompt", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n",
+    "presence_penalty", "seed", "stop", "stream", "stream_options", "suffix", "temperature",
+    "top_p", "user", "use_beam_search", "top_k", "min_p", "repetition_penalty", "watermarking",
+    "length_penalty", "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "min_tokens",
+    "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens",
+    "truncation_side", "allowed_token_ids", "prompt_logprobs", "logprob_token_ids", "bad_words",
+    "prompt_embeds", "add_special_tokens", "response_format", "structured_outputs", "priority",
+    "request_id", "session_id", "return_tokens_as_token_ids", "return_token_ids",
+    "routed_experts_prompt_start", "return_token_offsets", "mm_payload", "return_mm_kwargs",
+    "cache_salt", "kv_transfer_params", "ec_transfer_params", "vllm_xargs",
+    "repetition_detection", "thinking_token_budget", "stream_interval",
+)
+# Served by other parts of the server, with their own tests (structured outputs, logits
+# constraints, prompt logprobs), whether or not the request model declares them.
+SERVED_ELSEWHERE = {"response_format", "structured_outputs", "logit_bias", "allowed_token_ids",
+                    "bad_words", "prompt_logprobs"}
+
+
+@pytest.mark.parametrize("request_model, table, vllm_fields", [
+    (ChatCompletionRequest, CHAT, VLLM_CHAT_FIELDS),
+    (CompletionRequest, COMPLETION, VLLM_COMPLETION_FIELDS),
+])
+def test_every_vllm_field_is_served_refused_or_knowingly_ignored(request_model, table, vllm_fields):
+    """No field of vLLM's falls through to "accepted and silently ignored" by accident."""
+    accounted = set(request_model.model_fields) | set(table) | IGNORED | SERVED_ELSEWHERE
+    assert [name for name in vllm_fields if name not in accounted] == []
+    assert not IGNORED & set(table)
+
+
 def test_the_openai_client_gets_a_bad_request_error(api_client, model):
     with pytest.raises(openai.BadRequestError) as caught:
         api_client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2,
@@ -260,10 +309,13 @@ def test_tokenizer_routes_check_the_model(api_server):
 def test_version_and_which_routes_want_the_api_key(served_engine, model):
     """vLLM guards only /v1 (and /v2, /inference): /tokenize, /detokenize, /version,
     /health and /metrics answer without the key."""
-    from importlib.metadata import version
+    import tomllib
+    from pathlib import Path
 
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     with start_server(served_engine, api_key="k") as locked:
-        assert httpx.get(f"{locked.url}/version").json() == {"version": version("pagedesk")}
+        assert httpx.get(f"{locked.url}/version").json() == {
+            "version": pyproject["project"]["version"]}
         assert httpx.post(f"{locked.url}/tokenize", json={"prompt": "x"}).status_code == 200
         assert httpx.post(f"{locked.url}/detokenize", json={"tokens": [70]}).status_code == 200
         assert httpx.get(f"{locked.url}/v1/models/{model}").status_code == 401

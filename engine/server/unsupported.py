@@ -4,10 +4,10 @@ chat and completion requests (and /tokenize) before anything reaches the engine.
 Each field maps to the values that change nothing (vLLM's default, which some clients
 always send, e.g. `use_beam_search: false`). Any other value is refused with a 400 naming
 the field: a request is never answered as if the field had been honoured. Fields that only
-describe the caller (user, metadata, store, service_tier, request_id, session_id,
-prompt_cache_key, safety_identifier...) are not listed: they are accepted and ignored, as
-vLLM and OpenAI do. Fields other parts of the server implement (structured outputs,
-logit_bias, allowed_token_ids, bad_words, prompt_logprobs) are not listed either.
+describe the caller (user, metadata, store, request_id...) are in IGNORED: accepted and
+ignored, as vLLM and OpenAI do. Fields other parts of the server implement (structured
+outputs, logit_bias, allowed_token_ids, bad_words, prompt_logprobs) are in neither.
+tests/test_server_vllm_compat.py checks that every request field of vLLM's is accounted for.
 """
 
 from __future__ import annotations
@@ -67,6 +67,15 @@ COMPLETION: dict[str, tuple[Any, ...]] = {
     "prompt_embeds": (None,),
     "add_special_tokens": (None, True),
 }
+
+
+# Accepted and ignored on purpose: they describe the caller, or do nothing on the
+# generation routes (vLLM ignores them there too), or only qualify a refused field.
+IGNORED = frozenset({
+    "user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier",
+    "request_id", "session_id", "parallel_tool_calls", "return_token_offsets", "mm_payload",
+    "return_mm_kwargs", "truncation_side",
+})
 
 
 def refuse_unsupported(request: BaseModel, table: dict[str, tuple[Any, ...]]) -> None:
