@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import torch
 
+from engine.bad_words import tokenize_bad_words
 from engine.config import EngineConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.kv_snapshot import KVSnapshot
@@ -26,7 +27,7 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.request import Request, RequestStatus
 from engine.sampler import Sampler
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import SEED_MIN, SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput, SchedulerUpdate
 from engine.stats import ScheduledEntry, StepKind, StepStats
 import kernels
@@ -103,11 +104,13 @@ class LLMEngine:
             raise ValueError(f"request_id {request_id!r} is already in use")
         text, token_ids = self._tokenize(prompt)
         self._check_prompt(token_ids)
+        bad_words = self._check_vocab_fields(params)
         arrival = arrival_time if arrival_time is not None else time.monotonic()
         children: list[Request] = []
         for i in range(params.n):
             child = self._make_child(request_id, i, text, token_ids, params, arrival)
             child.leader = children[0] if children else None
+            child.bad_words_token_ids = bad_words
             children.append(child)
         self.groups[request_id] = children
         for child in children:
@@ -121,7 +124,7 @@ class LLMEngine:
         child = Request(
             request_id=parent_id if n == 1 else f"{parent_id}#{index}",
             prompt_token_ids=token_ids,
-            sampling_params=replace(params, n=1, seed=None if params.seed is None else params.seed + index),
+            sampling_params=replace(params, n=1, seed=_child_seed(params.seed, index)),
             arrival_time=arrival,
             prompt=text,
             eos_token_id=self.eos_token_id,
@@ -157,6 +160,19 @@ class LLMEngine:
                 f"prompt is too long: {len(token_ids)} tokens, but this engine's context is "
                 f"{self.max_model_len} tokens (prompt plus at least one generated token)"
             )
+
+    def _check_vocab_fields(self, params: SamplingParams) -> list[list[int]]:
+        """Token ids the params name index the logits' columns: each must be in the
+        vocabulary. Returns bad_words as token-id sequences (tokenized once, here)."""
+        vocab = self.loaded.hf_config.vocab_size
+        named = (("logit_bias", params.logit_bias or {}), ("stop_token_ids", params.stop_token_ids),
+                 ("allowed_token_ids", params.allowed_token_ids or []))
+        for name, ids in named:
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"{name} must hold token ids in [0, {vocab}) (the vocabulary "
+                                 f"size is {vocab}), got {bad[:5]}")
+        return tokenize_bad_words(self.tokenizer, params.bad_words or [], vocab)
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
         """Stop requests now and give their blocks back; unknown ids are ignored. The next
@@ -294,6 +310,14 @@ class LLMEngine:
     def reset_prefix_cache(self) -> int:
         """Forget the cached prefixes of finished requests; returns the blocks cleared."""
         return self.kv_manager.reset_prefix_cache()
+
+
+def _child_seed(seed: int | None, index: int) -> int | None:
+    """Sample `index` of a seeded request draws from seed + index (vLLM's rule), wrapped
+    into the 64-bit range a seed must keep."""
+    if seed is None:
+        return None
+    return (seed + index - SEED_MIN) % 2**64 + SEED_MIN
 
 
 def _entry(item) -> ScheduledEntry:

@@ -1,6 +1,7 @@
 """Picks each request's next token from its logits, all rows at once on the device.
 
-Order, as vLLM's: penalties (repetition over prompt + output, presence / frequency over
+Order, as vLLM's: allowed_token_ids -> bad_words -> logit_bias (engine.logits_constraints)
+-> penalties (repetition over prompt + output, presence / frequency over
 the output) -> min_tokens (EOS and stop ids masked) -> greedy argmax, or temperature ->
 min-p -> top-k / top-p -> a draw. The draw uses the exponential race (argmax of p / E,
 E ~ Exp(1)), so a seeded request takes its noise from its own generator: the same seed
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.logits_constraints import apply_constraints
 from engine.request import Request
 
 
@@ -110,6 +112,7 @@ class Sampler:
         """logits: float32 [n, vocab], one row per request, in the same order."""
         params = [r.sampling_params for r in requests]
         raw = logits
+        logits = apply_constraints(logits, requests)
         if any(p.has_penalties for p in params):
             logits = apply_penalties(logits, requests)
         if any(p.min_tokens for p in params):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 
@@ -20,6 +21,11 @@ class RequestOutputKind(enum.Enum):
     FINAL_ONLY = 2
 
 
+# seed is a 64-bit signed integer, as in vLLM's server (and what torch's generators take).
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
 @dataclass(slots=True)
 class SamplingParams:
     """How to pick each next token and when to stop.
@@ -30,7 +36,10 @@ class SamplingParams:
     from it unless include_stop_str_in_output). `n` samples share the prompt's KV blocks.
     `logprobs` = N returns the top-N log-probabilities of each generated token.
     `output_kind`: cumulative outputs (the default), deltas, or only the final one.
-    A bad value raises ValueError naming the field.
+    Constraints (vLLM's): `logit_bias` adds a bias in [-100, 100] to listed token ids'
+    logits; `allowed_token_ids` lets only those ids be sampled; `bad_words` are never
+    completed (each word's last token is banned when the output ends with the rest).
+    `seed` is a 64-bit signed integer. A bad value raises ValueError naming the field.
     """
 
     n: int = 1
@@ -51,12 +60,19 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        if self.logit_bias is not None:
+            self.logit_bias = _token_keyed(self.logit_bias)
+        if isinstance(self.bad_words, str):
+            self.bad_words = [self.bad_words]
         self._validate()
 
     def _validate(self) -> None:
@@ -82,11 +98,35 @@ class SamplingParams:
                 f"min_tokens must be <= max_tokens, got min_tokens={self.min_tokens} "
                 f"and max_tokens={self.max_tokens}"
             )
-        _check(self.seed is None or isinstance(self.seed, int), "seed", "an integer", self.seed)
+        _check(self.seed is None or (_integer(self.seed) and SEED_MIN <= self.seed <= SEED_MAX),
+               "seed", f"an integer in [{SEED_MIN}, {SEED_MAX}] (64-bit)", self.seed)
         _check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
                "logprobs", "an integer in [0, 20]", self.logprobs)
         _check(isinstance(self.output_kind, RequestOutputKind), "output_kind",
                "a RequestOutputKind", self.output_kind)
+        self._validate_constraints()
+
+    def _validate_constraints(self) -> None:
+        """logit_bias, allowed_token_ids, bad_words: the shape of each (the vocabulary
+        bounds are the engine's to check, in add_request)."""
+        if self.logit_bias is not None:
+            bad = {t: v for t, v in self.logit_bias.items()
+                   if not (_number(v) and -100 <= v <= 100)}
+            _check(not bad, "logit_bias", "a map of token id to a bias in [-100, 100]",
+                   _first(bad))
+        if self.allowed_token_ids is not None:
+            ids = self.allowed_token_ids
+            _check(isinstance(ids, (list, tuple)) and bool(ids), "allowed_token_ids",
+                   "a non-empty list of token ids", ids)
+            bad = [t for t in ids if not (_integer(t) and t >= 0)]
+            _check(not bad, "allowed_token_ids", "token ids >= 0", bad[:5])
+            self.allowed_token_ids = list(ids)
+        if self.bad_words is not None:
+            words = self.bad_words
+            _check(isinstance(words, (list, tuple))
+                   and all(isinstance(w, str) and w.strip() for w in words),
+                   "bad_words", "a list of non-blank strings", words)
+            self.bad_words = list(dict.fromkeys(words))  # vLLM drops repeats too
 
     @property
     def greedy(self) -> bool:
@@ -95,6 +135,29 @@ class SamplingParams:
     @property
     def has_penalties(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _token_keyed(bias: object) -> dict[int, float]:
+    """logit_bias with int keys: JSON (OpenAI's API) can only send them as strings."""
+    if not isinstance(bias, dict):
+        raise ValueError(f"logit_bias must be a map of token id to bias, got {bias!r}")
+    out = {}
+    for key, value in bias.items():
+        if isinstance(key, str) and _INT_TEXT.fullmatch(key.strip()):
+            key = int(key)
+        if not _integer(key):
+            raise ValueError(f"logit_bias must have integer token ids as keys, got {key!r}")
+        out[key] = value
+    return out
+
+
+def _first(entries: dict) -> dict:
+    """The first few entries of a map, for an error message about a possibly huge one."""
+    return dict(list(entries.items())[:5])
 
 
 def _number(value: object) -> bool:

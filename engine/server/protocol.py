@@ -3,7 +3,7 @@
 Requests accept vLLM's extra sampling fields (what the `openai` client sends through
 `extra_body`: top_k, min_p, repetition_penalty, ignore_eos, min_tokens, ...). Fields this
 server has no use for (user, metadata, store, ...) are accepted and ignored, as vLLM does;
-fields that would change the answer and are not supported (tools, suffix, logit_bias...)
+fields that would change the answer and are not supported (tools, suffix, ...)
 are refused by the serving layer with a 400 rather than silently ignored.
 """
 
@@ -37,7 +37,7 @@ class SamplingRequest(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = None  # token id (a JSON key: a string) -> bias
     # vLLM's extra sampling parameters (the openai client's extra_body)
     top_k: int | None = None
     min_p: float | None = None
@@ -47,6 +47,8 @@ class SamplingRequest(BaseModel):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
 
     @property
     def include_usage(self) -> bool:

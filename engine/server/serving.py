@@ -72,7 +72,7 @@ class OpenAIServing:
     # ---------------------------------------------------------------- chat
     async def chat(self, request: ChatCompletionRequest, raw: Request) -> Response:
         model = self._check_model(request.model)
-        params = chat_sampling_params(request)
+        params = chat_sampling_params(request, self.engine.max_model_len)
         # In a thread: rendering and tokenising a long prompt takes seconds per megabyte,
         # which on the event loop would stall every other client (the Rust tokenizer
         # releases the GIL while it works).
@@ -130,7 +130,7 @@ class OpenAIServing:
     # ---------------------------------------------------------------- completions
     async def completions(self, request: CompletionRequest, raw: Request) -> Response:
         model = self._check_model(request.model)
-        params = completion_sampling_params(request)
+        params = completion_sampling_params(request, self.engine.max_model_len)
         prompts = await asyncio.to_thread(completion_prompts, self.engine.tokenizer, request)
         for prompt in prompts:
             check_length(prompt, params.max_tokens, self.engine.max_model_len, "prompt")
