@@ -29,6 +29,9 @@ BOTH: dict[str, tuple[Any, ...]] = {
     "logprob_token_ids": (None,),
     "repetition_detection": (None,),
     "thinking_token_budget": (None,),
+    # older vLLMs' request fields, still sent by client code written for them
+    "logits_processors": (None, []),
+    "early_stopping": (None, False),
     # vLLM's serving extras
     "priority": (None, 0),  # vLLM too refuses it without priority scheduling
     "stream_interval": (None, 1),
