@@ -35,21 +35,24 @@ def sampler_peak_bytes(vocab_size: int, max_num_seqs: int) -> int:
 
 
 def worst_case_sampling_params() -> SamplingParams:
-    """Every option that costs memory: penalties, min_tokens, temperature with min-p, top-k
-    and top-p (a full sort), and 20 logprobs."""
+    """Every option that costs memory: allowed_token_ids (a [rows, vocab] mask) and
+    logit_bias, penalties, min_tokens, temperature with min-p, top-k and top-p (a full
+    sort), and 20 logprobs."""
     return SamplingParams(
         temperature=0.7, top_p=0.9, top_k=50, min_p=0.05, repetition_penalty=1.1,
         frequency_penalty=0.1, presence_penalty=0.1, min_tokens=1, logprobs=20,
+        allowed_token_ids=[0, 1, 2], logit_bias={1: 0.5},
     )  # fmt: skip
 
 
 def worst_case_requests(num_seqs: int, vocab_size: int, context_len: int = 1) -> list[Request]:
     """num_seqs dummy requests of context_len prompt tokens, each with the worst-case
-    sampling params (the penalties' count index grows with the context)."""
+    sampling params (the penalties' count index grows with the context) and a bad word."""
     params = worst_case_sampling_params()
     prompt = [i % vocab_size for i in range(max(1, context_len))]
     return [
-        Request(f"profile-{i}", prompt, params, arrival_time=0.0, eos_token_id=0)
+        Request(f"profile-{i}", prompt, params, arrival_time=0.0, eos_token_id=0,
+                bad_words_token_ids=[[2]])
         for i in range(num_seqs)
     ]
 

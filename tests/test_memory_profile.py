@@ -102,6 +102,8 @@ STEPS = {
     "top-k-min-p": [SamplingParams(top_k=40, min_p=0.1)] * ROWS,
     "penalties": [SamplingParams(repetition_penalty=1.2, presence_penalty=0.5)] * ROWS,
     "mixed": [SamplingParams(temperature=0, logprobs=5), SamplingParams(top_p=0.9)] * (ROWS // 2),
+    "constraints": [SamplingParams(top_p=0.9, allowed_token_ids=list(range(0, VOCAB, 2)),
+                                   logit_bias={3: 1.0, 4: -2.0})] * ROWS,
     "everything": [worst_case_sampling_params()] * ROWS,
 }
 
