@@ -3,8 +3,9 @@
 Requests accept vLLM's extra sampling fields (what the `openai` client sends through
 `extra_body`: top_k, min_p, repetition_penalty, ignore_eos, min_tokens, ...). Fields this
 server has no use for (user, metadata, store, ...) are accepted and ignored, as vLLM does;
-fields that would change the answer and are not supported (tools, suffix, ...)
-are refused by the serving layer with a 400 rather than silently ignored.
+fields that would change the answer and are not supported (tools, use_beam_search, ...)
+are refused with a 400 rather than silently ignored: the table in
+engine/server/unsupported.py lists both kinds.
 """
 
 from __future__ import annotations
