@@ -31,7 +31,11 @@ from engine.server.errors import APIError, error_body
 from engine.server.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from engine.server.metrics import ServerMetrics
 from engine.server.net import host_name, is_loopback
-from engine.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from engine.server.openapi import error_responses, json_or_event_stream, without_validation_422
+from engine.server.protocol import (
+    ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ModelCard,
+    ModelList,
+)
 from engine.server.serving import ClientGone, OpenAIServing
 from engine.server.tokenization import (
     DetokenizeRequest, DetokenizeResponse, Tokenization, TokenizeRequest, TokenizeResponse,
@@ -63,13 +67,16 @@ def create_app(
     metrics = ServerMetrics(engine, names[0])
     serving = OpenAIServing(engine, names, metrics)
     app = FastAPI(title="pagedesk", summary="OpenAI-compatible API over pagedesk's engine",
-                  docs_url=None, redoc_url=None)  # the docs pages would fetch scripts from a CDN
+                  docs_url=None, redoc_url=None,  # the docs pages would fetch scripts from a CDN
+                  responses=error_responses(400, 413))  # any route: a bad Host, a body too large
+    app.openapi = without_validation_422(app)
     app.state.serving = serving
     app.state.metrics = metrics
     _add_error_handlers(app)
     app.include_router(_open_routes(engine, metrics))
     app.include_router(_tokenizer_routes(Tokenization(engine, names)))
-    app.include_router(_v1_routes(serving), dependencies=[Depends(_bearer_check(api_key))])
+    app.include_router(_v1_routes(serving), dependencies=[Depends(_bearer_check(api_key))],
+                       responses=error_responses(401))
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if allowed_hosts is not None:
         app.add_middleware(HostGuard, allowed_hosts=allowed_hosts)  # outermost: checked first
@@ -102,14 +109,17 @@ class HostGuard:
 def _open_routes(engine: Any, metrics: ServerMetrics) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/health")
+    @router.get("/health", response_class=Response, responses={
+        200: {"description": "The engine is running (an empty body)."}, **error_responses(503)})
     async def health() -> Response:
         if engine.is_running:
             return Response(status_code=HTTPStatus.OK)
         return JSONResponse(error_body("the engine is not running", "server_error"),
                             status_code=HTTPStatus.SERVICE_UNAVAILABLE)
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=Response, responses={200: {
+        "description": "Prometheus' text format.",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -123,11 +133,11 @@ def _open_routes(engine: Any, metrics: ServerMetrics) -> APIRouter:
 def _tokenizer_routes(tokenization: Tokenization) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/tokenize", response_model=TokenizeResponse)
+    @router.post("/tokenize", response_model=TokenizeResponse, responses=error_responses(404))
     async def tokenize(request: TokenizeRequest) -> TokenizeResponse:
         return await tokenization.tokenize(request)
 
-    @router.post("/detokenize", response_model=DetokenizeResponse)
+    @router.post("/detokenize", response_model=DetokenizeResponse, responses=error_responses(404))
     async def detokenize(request: DetokenizeRequest) -> DetokenizeResponse:
         return await tokenization.detokenize(request)
 
@@ -149,15 +159,17 @@ def _v1_routes(serving: OpenAIServing) -> APIRouter:
         return serving.models()
 
     # :path, as model names hold slashes ("HuggingFaceTB/SmolLM2-135M-Instruct")
-    @router.get("/models/{model_id:path}", response_model=ModelCard)
+    @router.get("/models/{model_id:path}", response_model=ModelCard, responses=error_responses(404))
     async def model(model_id: str) -> ModelCard:
         return serving.model(model_id)
 
-    @router.post("/chat/completions")
+    @router.post("/chat/completions", response_model=ChatCompletionResponse, responses={
+        **json_or_event_stream("chat.completion.chunk"), **error_responses(404, 503)})
     async def chat(request: ChatCompletionRequest, raw: Request) -> Response:
         return await serving.chat(request, raw)
 
-    @router.post("/completions")
+    @router.post("/completions", response_model=CompletionResponse, responses={
+        **json_or_event_stream("text_completion"), **error_responses(404, 503)})
     async def completions(request: CompletionRequest, raw: Request) -> Response:
         return await serving.completions(request, raw)
 
