@@ -3,12 +3,15 @@ and the vocabulary checks: in the sampler against naive references, and in the e
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
 
 from engine import SamplingParams
 from engine.bad_words import MAX_BAD_WORD_SEQUENCES, MAX_BAD_WORD_TOKENS, tokenize_bad_words
+from engine import logits_constraints
 from engine.logits_constraints import apply_constraints
 from engine.request import Request
 from engine.sampler import Sampler
@@ -244,6 +247,9 @@ def test_constrained_and_free_rows_share_steps_and_free_rows_are_unchanged(make_
     assert set(mixed[2].outputs[0].token_ids) <= set(allowed)
     assert mixed[3].outputs[0].token_ids == [77] * 16
     assert set(mixed[4].outputs[0].token_ids) <= {40, 41}
+    # The per-request tensors cached for the constraints go with their finished requests.
+    gc.collect()
+    assert not logits_constraints._drop_masks and not logits_constraints._biases
 
 
 def test_n_samples_of_the_largest_seed_are_seeded_apart(make_random_engine):
