@@ -25,6 +25,7 @@ from engine.models import model_path_of
 from engine.models.layers import sliding_window_of
 from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
+from engine.prompt_logprobs import add_prompt_logprobs
 from engine.request import Request, RequestStatus
 from engine.sampler import Sampler
 from engine.sampling_params import SEED_MIN, SamplingParams
@@ -205,7 +206,8 @@ class LLMEngine:
             return reported
         batch = tuple(_entry(s) for s in sched.scheduled)  # before the counts move on
         # The live block lists: the runner copies only the blocks added since the last step.
-        logits = self.runner.execute(sched, self.kv_manager.block_tables)
+        logits, prompt_logprobs = self.runner.execute(sched, self.kv_manager.block_tables)
+        add_prompt_logprobs(prompt_logprobs, self.requests)
         sampling = [s.request for s in sched.scheduled if s.samples]
         sampled = self.sampler(logits, sampling)
         touched = self._process(self.scheduler.update_from_output(sched, sampled))

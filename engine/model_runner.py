@@ -2,7 +2,8 @@
 
 It owns the model and the cache tensors: it sizes the cache, flattens the batch into
 `input_ids, positions, slot_mapping, cu_query_lens, seq_lens, block_tables`, runs the
-model and returns the logits of the last token of each request that samples this step.
+model and returns the logits of the last token of each request that samples this step,
+and the prompt logprobs of the requests that asked for them (engine/prompt_logprobs.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from engine.block_table import BlockTable
 from engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from engine.cuda_graphs import DecodeGraphs, graphs_supported
 from engine.memory_profile import profile_sampler
+from engine.prompt_logprobs import PromptLogprobs, compute_prompt_logprobs, select_prompt_rows
 from engine.scheduler import SchedulerOutput
 from kernels.reference import AttentionPlan
 
@@ -43,6 +46,11 @@ def cache_shape_of(hf_config, dtype: torch.dtype) -> CacheShape:
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
     kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
     return CacheShape(hf_config.num_hidden_layers, kv_heads, head_dim, dtype)
+
+
+class RunnerOutput(NamedTuple):
+    logits: torch.Tensor  # float32 [num_sampling_requests, vocab], in batch order
+    prompt_logprobs: dict[str, PromptLogprobs]  # by request id: those computed this step
 
 
 class PinnedStaging:
@@ -88,6 +96,7 @@ class ModelRunner:
         self.block_size = config.block_size
         self.attention_backend = attention_backend
         self.shape = cache_shape_of(hf_config, dtype)
+        self.vocab_size = hf_config.vocab_size
         self.num_blocks = self._decide_num_blocks(max_model_len)
         self.kv_caches = self._allocate_cache(self.num_blocks)
         self.block_table = BlockTable(
@@ -247,8 +256,9 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(
         self, sched: SchedulerOutput, block_tables: Mapping[str, list[int]]
-    ) -> torch.Tensor:
-        """One forward pass; float32 logits [num_sampling_requests, vocab]."""
+    ) -> RunnerOutput:
+        """One forward pass: the sampling rows' logits, and the prompt logprobs asked for
+        (made from the same hidden states, before a graph replay can overwrite them)."""
         input_ids, positions, meta, sample_rows = self.prepare_inputs(sched, block_tables)
         graphs = self.graphs
         if (graphs is not None and meta.max_query_len == 1
@@ -256,7 +266,9 @@ class ModelRunner:
             hidden = graphs.run(input_ids, positions, meta)  # a static buffer: used at once
         else:
             hidden = self.model(input_ids, positions, self.kv_caches, meta)
-        return self.model.compute_logits(hidden[sample_rows])
+        logits = self.model.compute_logits(hidden[sample_rows])
+        selected = select_prompt_rows(sched)
+        return RunnerOutput(logits, compute_prompt_logprobs(self.model, hidden, selected, self.vocab_size))
 
     def release(self) -> None:
         """Let go of the model, the cache and the graphs that hold both."""

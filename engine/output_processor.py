@@ -33,6 +33,7 @@ class OutputProcessor:
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self._progress: dict[str, _Progress] = {}  # by the scheduler's (child) request id
+        self._sent_prompt_logprobs: set[str] = set()  # parents whose DELTA output had them
 
     def add(self, request: Request) -> None:
         detokenizer = IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids,
@@ -72,10 +73,24 @@ class OutputProcessor:
             return None
         built = (self._completion(c, kind) for c in children)
         out = _request_output(parent_id, children, [c for c in built if c is not None], finished)
+        out.prompt_logprobs, out.prompt_logprob_ranks = self._prompt_logprobs(parent_id, children[0], kind)
         if finished:
             for c in children:
                 self._progress.pop(c.request_id, None)
+            self._sent_prompt_logprobs.discard(parent_id)
         return out
+
+    def _prompt_logprobs(self, parent_id: str, first: Request, kind: RequestOutputKind) -> tuple:
+        """The prompt's logprobs and ranks once all are computed (by the first sample, for
+        all n); a DELTA stream gets them once, in its first output."""
+        logprobs = first.prompt_logprobs
+        if logprobs is None or first.computes_prompt_logprobs:
+            return None, None
+        if kind is RequestOutputKind.DELTA:
+            if parent_id in self._sent_prompt_logprobs:
+                return None, None
+            self._sent_prompt_logprobs.add(parent_id)
+        return logprobs, first.prompt_logprob_ranks
 
     def _completion(self, request: Request, kind: RequestOutputKind) -> CompletionOutput | None:
         progress = self._progress[request.request_id]

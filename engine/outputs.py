@@ -51,3 +51,8 @@ class RequestOutput:
     metrics: RequestMetrics
     num_cached_tokens: int = 0
     error: str | None = field(default=None)
+    # vLLM's prompt_logprobs: per prompt token {token id: logprob} (top-N + the token),
+    # None for the first; with DELTA outputs only in the first. None: not asked for.
+    prompt_logprobs: list[dict[int, float] | None] | None = None
+    # The vocabulary rank (1 = likeliest) of each prompt token, parallel to prompt_logprobs.
+    prompt_logprob_ranks: list[int | None] | None = None

@@ -72,6 +72,12 @@ class Request:
         if self.sampling_params.logprobs is not None:
             self.cumulative_logprob = 0.0
             self.logprobs = []
+        # Prompt logprobs: computed once per prompt, by the first of its n samples; token 0
+        # has none. Filled by the prefill's steps (engine/prompt_logprobs.py).
+        self.prompt_logprobs: list[dict[int, float] | None] | None = None
+        self.prompt_logprob_ranks: list[int | None] | None = None
+        if self.sampling_params.prompt_logprobs is not None and self.index == 0:
+            self.prompt_logprobs, self.prompt_logprob_ranks = [None], [None]
 
     @property
     def num_tokens(self) -> int:
@@ -101,6 +107,13 @@ class Request:
         if index == len(self.block_hashes):
             self.block_hashes.append(value)
         return value
+
+    @property
+    def computes_prompt_logprobs(self) -> bool:
+        """Its prompt logprobs are not all there yet: it may not read the prefix cache
+        (a cached token has no logits), as in vLLM."""
+        done = self.prompt_logprobs
+        return done is not None and len(done) < self.num_prompt_tokens
 
     @property
     def is_finished(self) -> bool:

@@ -35,6 +35,8 @@ class SamplingParams:
     over prompt and generated tokens (1.0 = off). `stop` strings end the text (removed
     from it unless include_stop_str_in_output). `n` samples share the prompt's KV blocks.
     `logprobs` = N returns the top-N log-probabilities of each generated token.
+    `prompt_logprobs` = N: the top-N of each prompt token plus the token's own (0: only
+    its own), from the prefill's forward pass; such a request does not read the prefix cache.
     `output_kind`: cumulative outputs (the default), deltas, or only the final one.
     Constraints (vLLM's): `logit_bias` adds a bias in [-100, 100] to listed token ids'
     logits; `allowed_token_ids` lets only those ids be sampled; `bad_words` are never
@@ -63,6 +65,7 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
+    prompt_logprobs: int | None = None  # top-N logprobs of each prompt token (+ the token's)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -102,6 +105,9 @@ class SamplingParams:
                "seed", f"an integer in [{SEED_MIN}, {SEED_MAX}] (64-bit)", self.seed)
         _check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
                "logprobs", "an integer in [0, 20]", self.logprobs)
+        _check(self.prompt_logprobs is None
+               or (type(self.prompt_logprobs) is int and 0 <= self.prompt_logprobs <= 20),
+               "prompt_logprobs", "an integer in [0, 20]", self.prompt_logprobs)
         _check(isinstance(self.output_kind, RequestOutputKind), "output_kind",
                "a RequestOutputKind", self.output_kind)
         self._validate_constraints()

@@ -142,13 +142,16 @@ class Scheduler:
             request = self.waiting[0]
             if request.waits_for_leader:
                 break  # admitted next step, when the leader's prompt blocks can be shared
-            hits = self.kv.find_cached_prefix(request)
+            # A request still owed prompt logprobs computes its whole prompt (vLLM's rule).
+            reads_cache = not request.computes_prompt_logprobs
+            hits = self.kv.find_cached_prefix(request) if reads_cache else []
             num_cached = len(hits) * self.kv.block_size
             n = min(request.num_tokens - num_cached, budget)
             if not self.kv.allocate_slots(request, n, hits):
                 break  # no head-of-line skipping: wait for blocks to come back
             self.waiting.popleft()
-            self.kv.record_prefix_lookup(request.num_tokens, num_cached)
+            if reads_cache:
+                self.kv.record_prefix_lookup(request.num_tokens, num_cached)
             request.num_computed_tokens = num_cached
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_cached

@@ -23,7 +23,7 @@ from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampling_params import RequestOutputKind, SamplingParams
 from engine.server.metrics import ServerMetrics
 from engine.server.prompts import Prompt
-from engine.server.protocol import UsageInfo
+from engine.server.protocol import PromptTokensDetails, UsageInfo
 
 T = TypeVar("T")
 
@@ -80,6 +80,10 @@ class Generation:
         self.trackers = [metrics.track(self.params) for _ in prompts]
         self._choices: dict[int, _Choice] = {}  # choice index -> what it said so far
         self._done: set[int] = set()  # finished choices, reported once
+        # Per prompt: its prefix-cache hit, and its prompt logprobs and ranks if asked for
+        # (the engine's first DELTA output of the prompt carries them).
+        self._cached_tokens: dict[int, int] = {}
+        self._prompt_logprobs: dict[int, tuple[list, list]] = {}
 
     @property
     def num_choices(self) -> int:
@@ -89,11 +93,17 @@ class Generation:
         """Choice `index` whole (after run_to_end)."""
         return self._choices[index].output(index)
 
+    def prompt_logprobs(self, choice: int) -> tuple[list | None, list | None]:
+        """The prompt logprobs and ranks of choice `choice`'s prompt: (None, None) until
+        they came (or if not asked for)."""
+        return self._prompt_logprobs.get(choice // self.n, (None, None))
+
     def usage(self) -> UsageInfo:
         prompt = sum(len(p.token_ids) for p in self.prompts)
         completion = sum(len(c.token_ids) for c in self._choices.values())
+        cached = PromptTokensDetails(cached_tokens=sum(self._cached_tokens.values()))
         return UsageInfo(prompt_tokens=prompt, completion_tokens=completion,
-                         total_tokens=prompt + completion)
+                         total_tokens=prompt + completion, prompt_tokens_details=cached)
 
     async def stream(self) -> AsyncIterator[list[Delta]]:
         """Yield a non-empty list of deltas per engine output; the engine's errors
@@ -102,6 +112,7 @@ class Generation:
         try:
             async with aclosing(merge(streams)) as merged:
                 async for prompt_index, out in merged:
+                    self._note_prompt(prompt_index, out)
                     deltas = self._deltas(prompt_index, out)
                     self.trackers[prompt_index].observe(out, sum(len(d.token_ids) for d in deltas))
                     if deltas:
@@ -123,6 +134,11 @@ class Generation:
         async with aclosing(self.engine.generate(prompt.token_ids, self.params, request_id=rid)) as outs:
             async for out in outs:
                 yield out
+
+    def _note_prompt(self, prompt_index: int, out: RequestOutput) -> None:
+        self._cached_tokens[prompt_index] = out.num_cached_tokens
+        if out.prompt_logprobs is not None:
+            self._prompt_logprobs[prompt_index] = (out.prompt_logprobs, out.prompt_logprob_ranks)
 
     def _deltas(self, prompt_index: int, out: RequestOutput) -> list[Delta]:
         """The engine's DELTA output as per-choice deltas (each completion in it is new)."""

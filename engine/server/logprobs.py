@@ -8,7 +8,9 @@ import re
 from functools import cache
 from typing import Any
 
-from engine.server.protocol import ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
+from engine.server.protocol import (
+    ChatLogprobs, CompletionLogprobs, PromptLogprob, PromptLogprobs, TokenLogprob, TopLogprob,
+)
 
 # JSON has no -inf; vLLM sends this instead, and clients expect a number.
 MIN_LOGPROB = -9999.0
@@ -91,21 +93,45 @@ class LogprobFormatter:
         return ChatLogprobs(content=content)
 
     def completion(
-        self, token_ids: list[int], logprobs: list[dict[int, float]] | None, offset: int = 0
+        self, token_ids: list[int], logprobs: list[dict[int, float] | None] | None, offset: int = 0
     ) -> CompletionLogprobs | None:
-        """Completions' shape: parallel columns; `text_offset` counts from `offset`."""
+        """Completions' shape: parallel columns; `text_offset` counts from `offset`. An
+        entry None (an echoed prompt's first token) has null logprob and top_logprobs."""
         if logprobs is None:
             return None
         out = CompletionLogprobs()
         for token_id, entry in zip(token_ids, logprobs):
             text = self.token_text(token_id)
             out.tokens.append(text)
+            out.text_offset.append(offset)
+            offset += len(text)
+            if entry is None:
+                out.token_logprobs.append(None)
+                out.top_logprobs.append(None)
+                continue
             out.token_logprobs.append(_finite(entry.get(token_id)))
             top: dict[str, float | None] = {}
             for t, lp in sorted(entry.items(), key=lambda item: -item[1]):
                 # Keyed by text, so tokens that decode alike collide: keep the likeliest.
                 top.setdefault(self.token_text(t), _finite(lp))
             out.top_logprobs.append(top)
-            out.text_offset.append(offset)
-            offset += len(text)
+        return out
+
+    def prompt_logprobs(
+        self, token_ids: list[int], logprobs: list[dict[int, float] | None] | None,
+        ranks: list[int | None] | None,
+    ) -> PromptLogprobs | None:
+        """vLLM's `prompt_logprobs`: per prompt token {token id: logprob, rank, decoded
+        token}. The prompt token's rank is the engine's; a top-N entry's is its place."""
+        if logprobs is None:
+            return None
+        out: PromptLogprobs = []
+        for token_id, entry, rank in zip(token_ids, logprobs, ranks or [None] * len(logprobs)):
+            if entry is None:
+                out.append(None)
+                continue
+            out.append({t: PromptLogprob(
+                logprob=_finite(lp), decoded_token=self.token_text(t),
+                rank=rank if t == token_id else 1 + sum(v > lp for v in entry.values()),
+            ) for t, lp in entry.items()})  # fmt: skip
         return out

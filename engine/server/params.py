@@ -46,6 +46,7 @@ def chat_sampling_params(
                        f"{request.top_logprobs}", param="top_logprobs")
     if request.logprobs:
         fields["logprobs"] = request.top_logprobs or 0
+    _add_prompt_logprobs(fields, request, request.prompt_logprobs)
     return _build(fields)
 
 
@@ -57,13 +58,15 @@ def completion_sampling_params(
     refuse_unsupported(request, COMPLETION)
     if request.best_of is not None and request.best_of != request.n:
         raise unsupported("best_of", "best_of other than n")
-    if request.echo and request.logprobs is not None:
-        raise unsupported("logprobs", "logprobs together with echo (prompt logprobs)")
     fields = _common_fields(request)
     fields["max_tokens"] = request.max_tokens
     _check_max_tokens(request.max_tokens, "max_tokens", max_model_len)
     if request.logprobs is not None:
         fields["logprobs"] = request.logprobs
+    # echo with logprobs returns the prompt's too (vLLM's rule: as many as `logprobs`).
+    echoed = request.logprobs if request.echo else None
+    _add_prompt_logprobs(fields, request, request.prompt_logprobs if request.prompt_logprobs
+                         is not None else echoed)  # fmt: skip
     return _build(fields)
 
 
@@ -77,6 +80,17 @@ def _common_fields(request: SamplingRequest) -> dict[str, Any]:
         if value is not None:
             fields[name] = [value] if name == "stop" and isinstance(value, str) else value
     return fields
+
+
+def _add_prompt_logprobs(fields: dict[str, Any], request: SamplingRequest, top_n: int | None) -> None:
+    # vLLM's rule and words: a stream has nowhere to put top-N prompt logprobs (only
+    # an echo's, which are in the completion's own logprobs).
+    asked = request.prompt_logprobs
+    if request.stream and isinstance(asked, int) and asked > 0:
+        raise APIError("`prompt_logprobs` are not available when `stream=True`.",
+                       param="prompt_logprobs")
+    if top_n is not None:
+        fields["prompt_logprobs"] = top_n
 
 
 def _check_stream_options(request: SamplingRequest) -> None:

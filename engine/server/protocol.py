@@ -50,6 +50,7 @@ class SamplingRequest(BaseModel):
     include_stop_str_in_output: bool | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
+    prompt_logprobs: int | None = None  # vLLM's: top-N logprobs of each prompt token
 
     @property
     def include_usage(self) -> bool:
@@ -104,10 +105,27 @@ class CompletionRequest(SamplingRequest):
 # ---------------------------------------------------------------- responses
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens read from the prefix cache (OpenAI's field)
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class PromptLogprob(BaseModel):
+    """vLLM's Logprob, as its responses' `prompt_logprobs` carry it (keyed by token id)."""
+
+    logprob: float | None  # -inf is sent as -9999.0, as vLLM does
+    rank: int | None = None  # in the vocabulary, 1 = the likeliest
+    decoded_token: str | None = None
+
+
+# Per prompt token: {token id: its Logprob} (the top-N and the prompt token); None first.
+PromptLogprobs = list[dict[int, PromptLogprob] | None]
 
 
 class ModelCard(BaseModel):
@@ -165,6 +183,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's field, not OpenAI's
 
 
 class DeltaMessage(BaseModel):
@@ -197,6 +216,12 @@ class CompletionChoice(BaseModel):
     stop_reason: int | str | None = None
 
 
+class CompletionResponseChoice(CompletionChoice):
+    """A choice of the whole (not streamed) answer: vLLM's prompt_logprobs as well."""
+
+    prompt_logprobs: PromptLogprobs | None = None
+
+
 class CompletionResponse(BaseModel):
     """Both the whole answer and, streamed, each chunk (OpenAI uses one shape for both)."""
 
@@ -204,5 +229,6 @@ class CompletionResponse(BaseModel):
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    choices: list[CompletionChoice]
+    # Each choice serialised as the class it is (a stream's chunks have no prompt_logprobs).
+    choices: list[CompletionResponseChoice | CompletionChoice]
     usage: UsageInfo | None = None

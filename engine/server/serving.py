@@ -30,7 +30,7 @@ from engine.server.prompts import Prompt, chat_prompt, check_length, completion_
 from engine.server.protocol import (
     AssistantMessage, ChatCompletionChoice, ChatCompletionChunk, ChatCompletionRequest,
     ChatCompletionResponse, ChatCompletionStreamChoice, CompletionChoice, CompletionRequest,
-    CompletionResponse, DeltaMessage, ModelCard, ModelList, UsageInfo,
+    CompletionResponse, CompletionResponseChoice, DeltaMessage, ModelCard, ModelList, UsageInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ class OpenAIServing:
                 finish_reason=c.finish_reason, stop_reason=c.stop_reason,
             ))
         return ChatCompletionResponse(id=ctx.id, created=ctx.created, model=ctx.model,
-                                      choices=choices, usage=gen.usage())
+                                      choices=choices, usage=gen.usage(),
+                                      prompt_logprobs=self._prompt_logprobs(gen, 0))
 
     async def _chat_events(
         self, gen: Generation, ctx: _Context, stream: AsyncIterator[list[Delta]]
@@ -150,15 +151,34 @@ class OpenAIServing:
             prompt.text = self.engine.tokenizer.decode(prompt.token_ids)
         return prompt.text
 
+    def _with_prompt(self, gen: Generation, index: int, text: str, token_ids: list[int],
+                     logprobs: list | None) -> tuple[str, list[int], list | None]:  # fmt: skip
+        """Choice `index`'s text, tokens and logprobs after its echoed prompt (vLLM's echo:
+        the prompt's logprobs first, the first prompt token's None)."""
+        prompt_ids = gen.prompts[index // gen.n].token_ids
+        if logprobs is not None:
+            prompt_logprobs = gen.prompt_logprobs(index)[0] or [None] * len(prompt_ids)
+            logprobs = [*prompt_logprobs, *logprobs]
+        return self._echo(gen, index) + text, [*prompt_ids, *token_ids], logprobs
+
+    def _prompt_logprobs(self, gen: Generation, index: int):
+        """vLLM's `prompt_logprobs` of choice `index`'s prompt (None if not asked for)."""
+        return self.logprobs.prompt_logprobs(gen.prompts[index // gen.n].token_ids,
+                                             *gen.prompt_logprobs(index))  # fmt: skip
+
     def _completion_response(self, gen: Generation, ctx: _Context) -> CompletionResponse:
         choices = []
         for index in range(gen.num_choices):
             c = gen.final(index)
-            choices.append(CompletionChoice(
-                index=index, text=(self._echo(gen, index) if ctx.echo else "") + c.text,
-                logprobs=(self.logprobs.completion(c.token_ids, c.logprobs)
+            text, token_ids, logprobs = c.text, c.token_ids, c.logprobs
+            if ctx.echo:
+                text, token_ids, logprobs = self._with_prompt(gen, index, text, token_ids, logprobs)
+            choices.append(CompletionResponseChoice(
+                index=index, text=text,
+                logprobs=(self.logprobs.completion(token_ids, logprobs)
                           if ctx.logprobs is not None else None),
                 finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                prompt_logprobs=self._prompt_logprobs(gen, index),
             ))
         return CompletionResponse(id=ctx.id, created=ctx.created, model=ctx.model,
                                   choices=choices, usage=gen.usage())
@@ -166,20 +186,22 @@ class OpenAIServing:
     async def _completion_events(
         self, gen: Generation, ctx: _Context, stream: AsyncIterator[list[Delta]]
     ) -> AsyncIterator[str]:
-        # One choice per chunk, as OpenAI and vLLM send them.
-        if ctx.echo:
-            for i in range(gen.num_choices):
-                yield _sse(ctx.completion_chunk([CompletionChoice(index=i, text=self._echo(gen, i))],
-                                                usage=ctx.running_usage(gen)))
+        # One choice per chunk, as OpenAI and vLLM send them. An echo comes with the
+        # choice's first text, as in vLLM (the prompt's logprobs come with that output).
+        echoed: set[int] = set()
         offsets = [0] * gen.num_choices  # text offsets of each choice's logprobs
         async for deltas in stream:
             for d in deltas:
+                text, token_ids, entries = d.text, d.token_ids, d.logprobs
+                if ctx.echo and d.index not in echoed:
+                    echoed.add(d.index)
+                    text, token_ids, entries = self._with_prompt(gen, d.index, text, token_ids, entries)
                 logprobs = None
                 if ctx.logprobs is not None:
-                    logprobs = self.logprobs.completion(d.token_ids, d.logprobs, offsets[d.index])
+                    logprobs = self.logprobs.completion(token_ids, entries, offsets[d.index])
                     if logprobs is not None and logprobs.tokens:
                         offsets[d.index] = logprobs.text_offset[-1] + len(logprobs.tokens[-1])
-                choice = CompletionChoice(index=d.index, text=d.text, logprobs=logprobs,
+                choice = CompletionChoice(index=d.index, text=text, logprobs=logprobs,
                                           finish_reason=d.finish_reason, stop_reason=d.stop_reason)
                 yield _sse(ctx.completion_chunk([choice], usage=ctx.running_usage(gen)))
         if ctx.include_usage:
