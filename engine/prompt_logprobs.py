@@ -76,17 +76,19 @@ def compute_prompt_logprobs(
     device = hidden.device
     rows = torch.cat([torch.arange(s.first_row, s.first_row + s.num_rows) for s in selected])
     targets = torch.tensor([t for s in selected for t in s.targets], dtype=torch.long)
-    top_n = max(s.request.sampling_params.prompt_logprobs for s in selected)
+    top_n = min(max(s.request.sampling_params.prompt_logprobs for s in selected), vocab_size)
     per_pass = max(1, _ELEMENTS_PER_PASS // vocab_size)
     values, ids, chosen, ranks = [], [], [], []
     for a in range(0, len(rows), per_pass):
-        lp = model.compute_logits(hidden[rows[a : a + per_pass].to(device)]).float().log_softmax(-1)
-        picked = lp.gather(1, targets[a : a + per_pass, None].to(device))
-        ranks.append((lp > picked).sum(-1) + 1)
-        chosen.append(picked.squeeze(1))
+        logits = model.compute_logits(hidden[rows[a : a + per_pass].to(device)]).float()
+        # log_softmax only where it is read (logit - logsumexp): no second [rows, vocab] array.
+        norm = logits.logsumexp(-1, keepdim=True)
+        picked = logits.gather(1, targets[a : a + per_pass, None].to(device))
+        ranks.append((logits > picked).sum(-1) + 1)
+        chosen.append((picked - norm).squeeze(1))
         if top_n:
-            top = lp.topk(top_n, dim=-1)
-            values.append(top.values)
+            top = logits.topk(top_n, dim=-1)
+            values.append(top.values - norm)
             ids.append(top.indices)
     return _split(selected, targets.tolist(), torch.cat(chosen).tolist(),
                   torch.cat(ranks).tolist(), _listed(values), _listed(ids))  # fmt: skip
