@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
     from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
     from engine.sampling_params import RequestOutputKind, SamplingParams
     from engine.stats import ScheduledEntry, StepKind, StepStats
+    from engine.structured_outputs import StructuredOutputsParams
 
 _EXPORTS = {
     "LLM": "engine.llm",
@@ -39,6 +40,7 @@ _EXPORTS = {
     "EngineConfig": "engine.config",
     "SamplingParams": "engine.sampling_params",
     "RequestOutputKind": "engine.sampling_params",
+    "StructuredOutputsParams": "engine.structured_outputs",
     "RequestOutput": "engine.outputs",
     "CompletionOutput": "engine.outputs",
     "RequestMetrics": "engine.outputs",

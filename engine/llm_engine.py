@@ -30,6 +30,7 @@ from engine.request import Request, RequestStatus
 from engine.sampler import Sampler
 from engine.sampling_params import SEED_MIN, SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput, SchedulerUpdate
+from engine.structured_outputs import GrammarCompiler, advance_grammars
 from engine.stats import ScheduledEntry, StepKind, StepStats
 import kernels
 
@@ -71,6 +72,8 @@ class LLMEngine:
         self.groups: dict[str, list[Request]] = {}  # user request id -> its n samples
         self._aborted: set[str] = set()  # aborted groups not yet reported
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.grammars = GrammarCompiler(self.tokenizer, hf_config.vocab_size,
+                                        (self.eos_token_id, *self.loaded.extra_eos_token_ids))
         self.stats_history: deque[StepStats] = deque(maxlen=STATS_HISTORY)
         self._step_count = 0
         self._ended: list[str] = []  # requests finished or aborted since the last record
@@ -106,12 +109,16 @@ class LLMEngine:
         text, token_ids = self._tokenize(prompt)
         self._check_prompt(token_ids)
         bad_words = self._check_vocab_fields(params)
+        spec = params.structured_outputs
+        grammar = None if spec is None else self.grammars.compile(spec)
         arrival = arrival_time if arrival_time is not None else time.monotonic()
         children: list[Request] = []
         for i in range(params.n):
             child = self._make_child(request_id, i, text, token_ids, params, arrival)
             child.leader = children[0] if children else None
             child.bad_words_token_ids = bad_words
+            if grammar is not None:
+                child.grammar = self.grammars.matcher(grammar)  # one per sample
             children.append(child)
         self.groups[request_id] = children
         for child in children:
@@ -210,7 +217,10 @@ class LLMEngine:
         add_prompt_logprobs(prompt_logprobs, self.requests)
         sampling = [s.request for s in sched.scheduled if s.samples]
         sampled = self.sampler(logits, sampling)
-        touched = self._process(self.scheduler.update_from_output(sched, sampled))
+        update = self.scheduler.update_from_output(sched, sampled)
+        for request in advance_grammars(update.sampled):  # its grammar is done
+            self.scheduler.finish(request, RequestStatus.FINISHED_STOPPED)
+        touched = self._process(update)
         self._record_stats(sched, batch, start)
         return reported + self._outputs(touched)
 

@@ -9,6 +9,7 @@ import torch
 
 from engine.block_hash import hash_block
 from engine.sampling_params import SamplingParams
+from engine.structured_outputs import GrammarMatcher
 
 
 class RequestStatus(enum.Enum):
@@ -61,6 +62,7 @@ class Request:
     finished_time: float | None = None
     # sampling_params.bad_words as token-id sequences (tokenized once, by add_request)
     bad_words_token_ids: list[list[int]] = field(default_factory=list)
+    grammar: GrammarMatcher | None = None  # structured outputs: this sample's own matcher
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)

@@ -18,6 +18,7 @@ import torch
 
 from engine.logits_constraints import apply_constraints
 from engine.request import Request
+from engine.structured_outputs import apply_grammar_bitmask
 
 
 @dataclass(slots=True)
@@ -111,6 +112,8 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, requests: Sequence[Request]) -> SamplerOutput:
         """logits: float32 [n, vocab], one row per request, in the same order."""
         params = [r.sampling_params for r in requests]
+        # vLLM masks grammar-forbidden tokens before the sampler: they get no logprob either.
+        logits = apply_grammar_bitmask(logits, requests)
         raw = logits
         logits = apply_constraints(logits, requests)
         if any(p.has_penalties for p in params):

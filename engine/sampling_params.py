@@ -6,6 +6,8 @@ import enum
 import re
 from dataclasses import dataclass, field
 
+from engine.structured_outputs import StructuredOutputsParams
+
 
 class RequestOutputKind(enum.Enum):
     """What each output of a request carries (vLLM's names and meanings).
@@ -66,6 +68,7 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
     prompt_logprobs: int | None = None  # top-N logprobs of each prompt token (+ the token's)
+    structured_outputs: StructuredOutputsParams | None = None  # JSON schema, regex, choice, grammar
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -110,6 +113,8 @@ class SamplingParams:
                "prompt_logprobs", "an integer in [0, 20]", self.prompt_logprobs)
         _check(isinstance(self.output_kind, RequestOutputKind), "output_kind",
                "a RequestOutputKind", self.output_kind)
+        _check(self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputsParams),
+               "structured_outputs", "a StructuredOutputsParams", self.structured_outputs)
         self._validate_constraints()
 
     def _validate_constraints(self) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from engine.sampling_params import SamplingParams
 from engine.server.errors import APIError, unsupported
 from engine.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from engine.server.structured import structured_outputs_of
 from engine.server.unsupported import CHAT, COMPLETION, refuse_unsupported
 
 # Request fields whose name and meaning are the engine's own.
@@ -79,6 +80,9 @@ def _common_fields(request: SamplingRequest) -> dict[str, Any]:
         value = getattr(request, name)
         if value is not None:
             fields[name] = [value] if name == "stop" and isinstance(value, str) else value
+    structured = structured_outputs_of(request)  # response_format, structured_outputs, guided_*
+    if structured is not None:
+        fields["structured_outputs"] = structured
     return fields
 
 
@@ -115,9 +119,6 @@ def _refuse_unsupported_chat(request: ChatCompletionRequest) -> None:
         raise unsupported("tools", "tool calling")
     if request.tool_choice not in (None, "none", "auto"):
         raise unsupported("tool_choice", "tool_choice")
-    response_type = (request.response_format or {}).get("type", "text")
-    if response_type != "text":
-        raise unsupported("response_format", f"response_format {response_type!r}")
 
 
 def _build(fields: dict[str, Any]) -> SamplingParams:
