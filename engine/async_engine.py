@@ -249,6 +249,9 @@ class AsyncEngine:
         last has `finished=True`. Cancelling the consuming task aborts the request at the
         next step."""
         self._check_alive()
+        spec = sampling_params.structured_outputs if sampling_params else None
+        if spec is not None:  # compiled (and cached) off the engine's thread: it may take seconds
+            await asyncio.to_thread(self.engine.grammars.compile, spec)
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
