@@ -126,7 +126,7 @@ class GrammarCompiler:
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Sequence[int | None]):
         self.tokenizer = tokenizer
-        self.vocab_size = max(vocab_size, len(tokenizer))
+        self.vocab_size = vocab_size  # the bitmask's width is the logits': xgrammar checks it
         self.stop_token_ids = list(dict.fromkeys(t for t in stop_token_ids if t is not None))
         self._compiler: Any = None
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
