@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,8 +144,10 @@ async def one_request(client: openai.AsyncOpenAI, model: str, rng: random.Random
                 messages=[{"role": "user", "content": prompt}], **common)
         else:
             stream = await client.completions.create(prompt=prompt, **common)
-        async with stream:
-            async for chunk in stream:
+        # aclosing: a loop left early closes the client's chunk iterator here, not in
+        # whichever thread the garbage collector happens to run in.
+        async with stream, aclosing(aiter(stream)) as chunks:
+            async for chunk in chunks:
                 usage = chunk.usage or usage
                 if not _text_of(chunk):
                     continue

@@ -6,8 +6,10 @@ answers as it did before."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
+from contextlib import aclosing
 
 import httpx
 import openai
@@ -45,8 +47,10 @@ async def one_stream(client: openai.AsyncOpenAI, model: str, rng: random.Random)
         stream = await client.completions.create(prompt=words, **common)
     seen = {"id": None, "hung_up": hang_up_after is not None, "chunks": 0, "usage": None,
             "finish": None, "max_tokens": max_tokens}
-    async with stream:
-        async for chunk in stream:
+    # aclosing: a loop left early closes the client's chunk iterator here, not in
+    # whichever thread the garbage collector happens to run in.
+    async with stream, aclosing(aiter(stream)) as chunks:
+        async for chunk in chunks:
             seen["id"] = chunk.id
             seen["usage"] = chunk.usage or seen["usage"]
             for choice in chunk.choices:
@@ -109,3 +113,31 @@ def test_streams_with_hang_ups_leave_every_block_free(api_server, served_engine,
     assert metrics[("vllm:num_requests_running", "")] == metrics[("vllm:num_requests_waiting", "")] == 0
     assert greedy_reply(api_server.url, model) == before
     assert time.monotonic() - started < 60
+
+
+class _Errors(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_hang_up_before_the_first_token_is_no_server_error(api_server, served_engine, model):
+    """The stream's first output is awaited before the headers go out: a client leaving
+    then must have its request aborted quietly, not leave an exception in the server log."""
+    errors = _Errors()
+    logging.getLogger("uvicorn.error").addHandler(errors)
+    served_engine.pause(wait=True)  # no output until resumed: the client leaves first
+    try:
+        body = {"model": model, "prompt": "never answered", "max_tokens": 50, "stream": True}
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{api_server.url}/v1/completions", json=body, timeout=0.5)
+        time.sleep(0.5)  # the server notices the disconnect
+    finally:
+        served_engine.resume()
+        logging.getLogger("uvicorn.error").removeHandler(errors)
+    assert wait_until(lambda: idle(served_engine))
+    assert [r.getMessage() for r in errors.records] == []
+    assert greedy_reply(api_server.url, model)  # still serving

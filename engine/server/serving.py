@@ -317,7 +317,10 @@ async def _unless_disconnected(raw: Request, work: Awaitable[T]) -> T:
         watch.cancel()
         if not task.done():
             task.cancel()
-    if not task.done() or task.cancelled():
+            # Let it unwind before going on: the caller may close what it was iterating
+            # (aclose() on a generator still running in the task is a RuntimeError).
+            await asyncio.wait({task})
+    if task.cancelled():
         raise ClientGone()
     return task.result()
 
