@@ -146,8 +146,8 @@ async def one_request(client: openai.AsyncOpenAI, model: str, rng: random.Random
             stream = await client.completions.create(prompt=prompt, **common)
         # aclosing: a loop left early closes the client's chunk iterator here, not in
         # whichever thread the garbage collector happens to run in.
-        async with stream, aclosing(aiter(stream)) as chunks:
-            async for chunk in chunks:
+        async with stream, aclosing(aiter(stream)) as arriving:
+            async for chunk in arriving:
                 usage = chunk.usage or usage
                 if not _text_of(chunk):
                     continue
