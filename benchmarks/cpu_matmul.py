@@ -9,10 +9,14 @@ every method). For each row count M it times:
 - onednn:  torch.ops.mkldnn._linear_pointwise in float32 (what engine/models/layers.py uses)
 - bf16:    F.linear with bfloat16 weights and activations
 
+- vllm-onednn: vLLM's CPU linear (float32, weights prepacked once), only when run with
+  the vLLM peer venv's python (`bash scripts/vllm_peer.sh` builds it)
+
 and prints milliseconds per step of matmuls and each method's speed relative to mkl.
 
     .venv/bin/python benchmarks/cpu_matmul.py               # M = 1, 4, 16, 64, 256
     .venv/bin/python benchmarks/cpu_matmul.py --rows 1,16 --repeat 5
+    .venv-vllm/bin/python benchmarks/cpu_matmul.py --rows 1,16,64   # with vLLM's kernel
 """
 
 from __future__ import annotations
@@ -35,11 +39,32 @@ def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
 
 
+def vllm_onednn_linear() -> Callable | None:
+    """vLLM's own CPU linear (its oneDNN matmul handler over weights prepacked once, what
+    its CPU build runs), when this script runs in the vLLM peer venv (scripts/vllm_peer.sh);
+    None elsewhere: pagedesk never imports vLLM."""
+    try:
+        import vllm._custom_ops as ops
+    except ImportError:
+        return None
+    handlers: dict[int, object] = {}
+
+    def fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        handler = handlers.get(id(w))
+        if handler is None:  # packed on first use, as vLLM packs each layer once at load
+            handler = handlers[id(w)] = ops.create_onednn_mm(w.t(), 32)
+        return ops.onednn_mm(handler, x, None)
+
+    return fn
+
+
 METHODS: dict[str, tuple[torch.dtype, Callable]] = {
     "mkl": (torch.float32, F.linear),
     "onednn": (torch.float32, onednn_linear),
     "bf16": (torch.bfloat16, F.linear),
 }
+if (_vllm_linear := vllm_onednn_linear()) is not None:
+    METHODS["vllm-onednn"] = (torch.float32, _vllm_linear)
 
 
 def make_weights(dtype: torch.dtype) -> list[torch.Tensor]:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,3 +65,41 @@ def test_bf16_rows_go_through_float32_and_one_row_stays_bf16(monkeypatch):
     assert layers.linear(one, w).dtype == torch.bfloat16
     torch.testing.assert_close(layers.linear(one, w), want[:1], rtol=2e-2, atol=2e-2)
     assert widened == [6, 6]  # the two 6-row calls; the one-row calls stayed bf16
+
+
+ROW_COUNTS_SCRIPT = """
+import os, sys
+os.environ.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)
+os.environ.pop("LRU_CACHE_CAPACITY", None)
+import torch
+torch.set_num_threads(1)
+from engine.models import layers
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+weights = [torch.randn(o, i) for i, o in [(576, 960), (576, 3072), (1536, 576)]]
+def step(rows):
+    for w in weights:
+        layers.linear(torch.randn(rows, w.shape[1]), w)
+for rows in range(1, 65):
+    step(rows)
+before = rss_mib()
+for rows in range(65, 365):  # 300 more row counts, as a server's mixed steps have
+    step(rows)
+print(rss_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not layers._ONEDNN or not os.path.exists("/proc/self/statm"),
+                    reason="oneDNN's primitive cache; RSS from /proc")
+def test_new_row_counts_do_not_grow_memory_without_bound():
+    """Each new row count makes oneDNN primitives (~0.5 MB each, kernel code included); the
+    caches are bounded, so 300 new shapes cost a few MB, not the ~500 MB an unbounded
+    cache holds (measured without the bound: 856 MB for 400 row counts of 4 shapes)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", ROW_COUNTS_SCRIPT], cwd=root, check=True,
+                         capture_output=True, text=True, timeout=300)
+    growth_mib = float(out.stdout.strip().splitlines()[-1])
+    assert growth_mib < 100, growth_mib

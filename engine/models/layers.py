@@ -7,6 +7,7 @@ Parameters are not initialised here (they hold whatever memory held) until the m
 
 from __future__ import annotations
 
+import os
 import threading
 
 import torch
@@ -25,6 +26,16 @@ def _onednn_usable() -> bool:
 
 
 _ONEDNN = _onednn_usable()
+
+# oneDNN, and ideep (torch's wrapper of it), keep a primitive with its JIT-compiled kernel
+# for every matrix shape they meet, up to 1,024 of each by default, at ~0.5 MB apiece. A
+# server's steps have every row count from 1 to max_num_batched_tokens, so unbounded they
+# grew its RSS by ~10% over a three-minute soak (benchmarks/soak.py). 64 holds the shapes of
+# the steps in flight. Read when the first primitive is made, so set before any linear runs;
+# a value the user set wins.
+ONEDNN_CACHE_CAPACITY = 64
+for _name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+    os.environ.setdefault(_name, str(ONEDNN_CACHE_CAPACITY))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
