@@ -121,3 +121,18 @@ def api_client(api_server):
 
     return openai.OpenAI(base_url=f"{api_server.url}/v1", api_key="unused", max_retries=0,
                          timeout=60)
+
+
+@pytest.fixture(scope="session")
+def random_llama_logprobs(random_llama):
+    """of(token_ids) -> log_softmax of transformers' own logits at every position, on
+    `random_llama` in float32: the independent reference for prompt logprobs."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(random_llama, dtype=torch.float32).eval()
+
+    def of(token_ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return hf(torch.tensor([token_ids])).logits[0].log_softmax(-1)
+
+    return of

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 
 from engine import SamplingParams
 from engine.sampling_params import RequestOutputKind
@@ -24,17 +23,8 @@ def asking(top_n: int, max_tokens: int = 3, **fields) -> SamplingParams:
 
 
 @pytest.fixture(scope="module")
-def reference_logprobs(random_llama):
-    """log_softmax of transformers' logits at every position of a prompt (float32)."""
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(random_llama, dtype=torch.float32).eval()
-
-    def of(prompt: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return hf(torch.tensor([prompt])).logits[0].log_softmax(-1)
-
-    return of
+def reference_logprobs(random_llama_logprobs):
+    return random_llama_logprobs
 
 
 def assert_matches_reference(prompt, logprobs, ranks, top_n, reference):

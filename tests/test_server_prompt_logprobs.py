@@ -12,7 +12,6 @@ import random
 
 import httpx
 import pytest
-import torch
 
 PROMPT = "Paged attention keeps the KV cache in blocks."  # 46 bytes: several blocks of 8
 BLOCK = 8  # conftest's served_engine
@@ -24,17 +23,8 @@ def model(served_engine):
 
 
 @pytest.fixture(scope="module")
-def reference(random_llama):
-    """log_softmax of transformers' logits at every position of a token list."""
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(random_llama, dtype=torch.float32).eval()
-
-    def of(token_ids: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return hf(torch.tensor([token_ids])).logits[0].log_softmax(-1)
-
-    return of
+def reference(random_llama_logprobs):
+    return random_llama_logprobs
 
 
 def greedy(**extra) -> dict:
