@@ -7,8 +7,8 @@ every method). For each row count M it times:
 
 - mkl:     F.linear in float32 (torch's default on the CPU: MKL's GEMM)
 - onednn:  torch.ops.mkldnn._linear_pointwise in float32 (what engine/models/layers.py uses)
+- onednn-packed16: the same on weights reordered once for 16 rows (not used by the engine yet)
 - bf16:    F.linear with bfloat16 weights and activations
-
 - vllm-onednn: vLLM's CPU linear (float32, weights prepacked once), only when run with
   the vLLM peer venv's python (`bash scripts/vllm_peer.sh` builds it)
 
@@ -58,9 +58,25 @@ def vllm_onednn_linear() -> Callable | None:
     return fn
 
 
+def onednn_packed_linear(rows_hint: int = 16) -> Callable:
+    """oneDNN's inner product on weights reordered once into the blocked layout it picks for
+    `rows_hint` rows (torch.ops.mkldnn._reorder_linear_weight: same shape and size, other
+    element order), as a load-time packing would keep them."""
+    packed: dict[int, torch.Tensor] = {}
+
+    def fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        p = packed.get(id(w))
+        if p is None:
+            p = packed[id(w)] = torch.ops.mkldnn._reorder_linear_weight(w, rows_hint)
+        return torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
+
+    return fn
+
+
 METHODS: dict[str, tuple[torch.dtype, Callable]] = {
     "mkl": (torch.float32, F.linear),
     "onednn": (torch.float32, onednn_linear),
+    "onednn-packed16": (torch.float32, onednn_packed_linear(16)),
     "bf16": (torch.bfloat16, F.linear),
 }
 if (_vllm_linear := vllm_onednn_linear()) is not None:
