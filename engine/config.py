@@ -18,6 +18,8 @@ class EngineConfig:
     memory the engine may use in all (weights + activations + cache) on CUDA.
     enforce_eager: never capture CUDA graphs for decode steps (engine/cuda_graphs.py);
     they are only ever captured on CUDA with the Triton backend.
+    pack_cpu_weights: on the CPU, reorder float32 linear weights once into oneDNN's blocked
+    layout (engine/models/layers.py `pack_cpu_linears`); False keeps them plain matrices.
     """
 
     model: str | None = None
@@ -34,6 +36,7 @@ class EngineConfig:
     attention_backend: str = "auto"
     seed: int = 0
     enforce_eager: bool = False
+    pack_cpu_weights: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -23,6 +23,7 @@ from engine.cuda_graphs import DecodeGraphs, graphs_supported
 from engine.memory_profile import profile_sampler
 from engine.prompt_logprobs import PromptLogprobs, compute_prompt_logprobs, select_prompt_rows
 from engine.scheduler import SchedulerOutput
+from engine.models.layers import pack_cpu_linears
 from kernels.reference import AttentionPlan
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class ModelRunner:
         attention_backend: str,
     ):
         self.model = model
+        if config.pack_cpu_weights and device.type == "cpu":
+            log.info("%d CPU linear weights packed for oneDNN", pack_cpu_linears(model))
         self.config = config
         self.device = device
         self.dtype = dtype
