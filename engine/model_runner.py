@@ -24,6 +24,7 @@ from engine.memory_profile import profile_sampler
 from engine.prompt_logprobs import PromptLogprobs, compute_prompt_logprobs, select_prompt_rows
 from engine.scheduler import SchedulerOutput
 from engine.models.layers import pack_cpu_linears
+from kernels import cpu_decode_attention
 from kernels.reference import AttentionPlan
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class ModelRunner:
         self.dtype = dtype
         self.block_size = config.block_size
         self.attention_backend = attention_backend
+        # Decodes read the paged cache in place on the CPU (kernels/cpu_decode_attention.py).
+        on_cpu_torch = device.type == "cpu" and attention_backend == "torch"
+        self.decode_kernel = cpu_decode_attention.load() if on_cpu_torch else None
         self.shape = cache_shape_of(hf_config, dtype)
         self.vocab_size = hf_config.vocab_size
         self.num_blocks = self._decide_num_blocks(max_model_len)
@@ -238,9 +242,11 @@ class ModelRunner:
             max_seq_len=int(seq_lens.max()),
         )
         if self.attention_backend == "torch":
-            meta = replace(meta, plan=AttentionPlan(
+            plan = AttentionPlan(
                 q_lens.tolist(), seq_lens.tolist(), meta.block_tables, bs, all_slots_valid=True,
-            ))  # fmt: skip
+            )  # fmt: skip
+            plan.decode_kernel = self.decode_kernel
+            meta = replace(meta, plan=plan)
         return (
             self._to_device(input_ids),
             self._to_device(positions),

@@ -13,7 +13,7 @@ Without softcap SDPA does the maths; with it the scores are computed explicitly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -178,6 +178,10 @@ class AttentionPlan:
             )
         self._decode: dict[int | None, DecodeGather] = {}
         self._prefill: dict[tuple[int, int | None], PrefillGather] = {}
+        # A compiled CPU kernel for the decodes (kernels/cpu_decode_attention.py), set by
+        # the model runner where it is built; None: the gather + SDPA below.
+        self.decode_kernel: Callable[..., torch.Tensor] | None = None
+        self._decode_tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_tensors(
@@ -213,6 +217,16 @@ class AttentionPlan:
         # of the pool may belong to nobody and hold garbage or NaN, and 0 * NaN poisons P @ V.)
         slots = torch.where(valid, slots, slots[:, :1])
         return DecodeGather(slots.reshape(-1), valid[:, None, None, :], length)
+
+    def decode_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decodes' block-table rows and context lengths, int32, once per step."""
+        if self._decode_tables is None:
+            ids = self.decode_ids
+            tables = self.block_tables if self.all_decodes else self.block_tables[ids]
+            lens = torch.tensor([self.seq_lens[i] for i in ids], dtype=torch.int32,
+                                device=self.device)  # fmt: skip
+            self._decode_tables = (tables.to(torch.int32).contiguous(), lens)
+        return self._decode_tables
 
     def prefill_gather(self, i: int, window: int | None) -> PrefillGather:
         key = (i, window)
@@ -264,10 +278,15 @@ def unified_attention_torch(
     if plan is None:
         plan = AttentionPlan.from_tensors(cu_query_lens, seq_lens, block_tables, k_cache.shape[1])
     if plan.decode_ids:
-        gather = plan.decode_gather(window)
         rows = plan.decode_rows
-        res = _attend_decodes(q if rows is None else q[rows], k_cache, v_cache, gather, scale,
-                              softcap)  # fmt: skip
+        q_dec = q if rows is None else q[rows]
+        if plan.decode_kernel is not None and q.dtype == k_cache.dtype:
+            tables, lens = plan.decode_tables()
+            res = plan.decode_kernel(q_dec.contiguous(), k_cache, v_cache, tables, lens, scale,
+                                     window or 0, softcap or 0.0)  # fmt: skip
+        else:
+            res = _attend_decodes(q_dec, k_cache, v_cache, plan.decode_gather(window), scale,
+                                  softcap)  # fmt: skip
         if rows is None:  # all decodes: no gather of rows, no scatter back
             out.copy_(res)
             return out

