@@ -399,9 +399,13 @@ class ChatController(QObject):
         reply_id, self.reply_id, self.request_id = self.reply_id, None, None
         if self.closed or reply_id is None:
             return
-        stats = reply_stats(self.last_output) if self.last_output is not None else {}
+        stats = self._reply_stats()
         text = self.reply_text
         if error:
             stats["error"] = error
             text = f"{text}\n\n*{error}*" if text else f"*{error}*"
         self.store.update_message(reply_id, text, status=status, stats=stats)
+
+    def _reply_stats(self) -> dict:
+        """The finished reply's numbers (a remote session counts them from its stream)."""
+        return reply_stats(self.last_output) if self.last_output is not None else {}

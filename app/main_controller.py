@@ -14,6 +14,7 @@ from app.chat_controller import ChatController
 from app.device_info import EngineInfo
 from app.engine_service import EngineService
 from app.learner_controller import LearnerController
+from app.remote_sessions import RemoteSessions
 from app.server_control import ServerControl
 from app.session_list_model import SessionListModel
 from app.settings import AppSettings, save_settings
@@ -42,11 +43,13 @@ class AppController(QObject):
         self.server = ServerControl(window.server_switch, service, lambda: self.settings, self)
         self.closed = False
         self.learner = LearnerController(window, service, self)
+        self.remotes = RemoteSessions(self)  # sessions on remote endpoints (vLLM clusters)
         self._connect()
 
     def _connect(self) -> None:
         sidebar = self.window.sidebar
         sidebar.newRequested.connect(self.new_session)
+        sidebar.newRemoteRequested.connect(self.remotes.show_dialog)
         sidebar.openRequested.connect(self.open_session)
         sidebar.duplicateRequested.connect(self.duplicate_session)
         sidebar.deleteRequested.connect(self.delete_session)
@@ -91,7 +94,11 @@ class AppController(QObject):
             self.window.statusBar().showMessage("Close a pane first: all slots are in use.", 5000)
             return None
         pane = ChatPane()
-        chat = ChatController(session_id, self.store, self.service, pane, self)
+        session = self.store.get_session(session_id)
+        if session.is_remote:
+            chat = self.remotes.make_chat(session, pane)
+        else:
+            chat = ChatController(session_id, self.store, self.service, pane, self)
         chat.titleChanged.connect(self.sessions.refresh)
         self.learner.connect_chat(chat)
         pane.closeRequested.connect(lambda: self.close_session(session_id))
@@ -105,6 +112,7 @@ class AppController(QObject):
         if chat is None:
             return
         chat.close()
+        self.remotes.chat_closed(chat)
         self.window.remove_pane(chat.pane)
         chat.deleteLater()
         self._save_open_panes()
@@ -139,7 +147,8 @@ class AppController(QObject):
         self.qsettings.sync()
 
     def broadcast(self, text: str) -> list[asyncio.Task]:
-        """One prompt to every open pane at once: all stream in the same batch."""
+        """One prompt to every open pane at once: the local ones stream in the same batch,
+        remote ones on their servers, all at the same time."""
         tasks = [chat.send(text) for chat in self.chats.values()]
         busy = sum(t is None for t in tasks)
         if busy:
@@ -224,6 +233,7 @@ class AppController(QObject):
         for chat in self.chats.values():
             chat.close()
         self.server.shutdown()
+        self.remotes.shutdown()
         self.service.shutdown()
         self.store.close()
         log.info("pagedesk closed")

@@ -48,6 +48,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # v2: turns dropped to fit the context stay in the transcript but are no longer sent.
     "ALTER TABLE messages ADD COLUMN in_context INTEGER NOT NULL DEFAULT 1;",
+    # v3: where a session's replies come from: {} the embedded engine, or a remote endpoint
+    # {"kind": "remote", "url", "model", "max_model_len"} (never its API key: the keyring's).
+    "ALTER TABLE sessions ADD COLUMN backend TEXT NOT NULL DEFAULT '{}';",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -65,6 +68,11 @@ class Session:
     sampling: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
     updated: float = 0.0
+    backend: dict[str, Any] = field(default_factory=dict)  # {} = the embedded engine
+
+    @property
+    def is_remote(self) -> bool:
+        return self.backend.get("kind") == "remote"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,16 +131,18 @@ class SessionStore:
         return self._session(row) if row else None
 
     def create_session(
-        self, title: str | None = None, system_prompt: str = "", sampling: dict | None = None
+        self, title: str | None = None, system_prompt: str = "", sampling: dict | None = None,
+        backend: dict | None = None,
     ) -> Session:
         now = time.time()
         count = self.conn.execute("SELECT COUNT(*), MAX(id) FROM sessions").fetchone()
         next_id = (count[1] or 0) + 1
         color = SESSION_COLORS[(next_id - 1) % len(SESSION_COLORS)]
         cur = self.conn.execute(
-            "INSERT INTO sessions (title, color, system_prompt, sampling, created, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (title or "New chat", color, system_prompt, json.dumps(sampling or {}), now, now),
+            "INSERT INTO sessions (title, color, system_prompt, sampling, created, updated, "
+            "backend) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (title or "New chat", color, system_prompt, json.dumps(sampling or {}), now, now,
+             json.dumps(_checked_backend(backend or {}))),
         )
         return self.get_session(cur.lastrowid)
 
@@ -145,12 +155,17 @@ class SessionStore:
             (system_prompt, json.dumps(sampling), time.time(), session_id),
         )
 
+    def set_backend(self, session_id: int, backend: dict) -> None:
+        self.conn.execute("UPDATE sessions SET backend = ?, updated = ? WHERE id = ?",
+                          (json.dumps(_checked_backend(backend)), time.time(), session_id))
+
     def duplicate_session(self, session_id: int) -> Session:
         original = self.get_session(session_id)
         if original is None:
             raise KeyError(session_id)
         copy = self.create_session(
-            f"{original.title} (copy)", original.system_prompt, original.sampling
+            f"{original.title} (copy)", original.system_prompt, original.sampling,
+            original.backend,
         )
         for m in self.messages(session_id):
             status = "stopped" if m.status == "streaming" else m.status
@@ -229,11 +244,24 @@ class SessionStore:
 
     @staticmethod
     def _session(row: tuple) -> Session:
-        sid, title, color, system_prompt, sampling, created, updated = row
-        return Session(sid, title, color, system_prompt, json.loads(sampling), created, updated)
+        sid, title, color, system_prompt, sampling, created, updated, backend = row
+        return Session(sid, title, color, system_prompt, json.loads(sampling), created, updated,
+                       json.loads(backend))
 
     @staticmethod
     def _message(row: tuple) -> Message:
         mid, sid, role, content, status, stats, created, _updated, in_context = row
         return Message(mid, sid, role, content, status, json.loads(stats), bool(in_context),
                        created)  # fmt: skip
+
+
+SECRET_KEYS = ("api_key", "key", "token", "password")
+
+
+def _checked_backend(backend: dict) -> dict:
+    """A backend as stored: a secret in it is a bug (keys belong in the keyring)."""
+    secret = [k for k in backend if k.lower() in SECRET_KEYS]
+    if secret:
+        raise ValueError(f"a session's backend must not hold secrets ({', '.join(secret)}): "
+                         "API keys go to the keyring")
+    return dict(backend)

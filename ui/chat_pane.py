@@ -87,6 +87,11 @@ class ChatPane(QFrame):
         # which would re-lay out every pane and panel).
         self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.title.setMinimumWidth(40)
+        self.backend_label = QLabel("", self)  # where replies come from, for a remote session
+        self.backend_label.setObjectName("paneBackend")
+        self.backend_label.setStyleSheet("color: palette(placeholder-text);")
+        self.backend_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.backend_label.hide()
         self.settings_button = self._tool("settingsButton", "Settings", checkable=True)
         self.settings_button.toggled.connect(self.settings_panel.setVisible)
         self.export_button = self._tool("exportButton", "Export")
@@ -101,6 +106,7 @@ class ChatPane(QFrame):
         row = QHBoxLayout()
         row.addWidget(self.swatch)
         row.addWidget(self.title, 1)
+        row.addWidget(self.backend_label, 1)
         for button in (self.settings_button, self.export_button, close):
             row.addWidget(button)
         return row
@@ -143,6 +149,12 @@ class ChatPane(QFrame):
                 palette = strip.palette()
                 palette.setColor(QPalette.ColorRole.Window, self.color)
                 strip.setPalette(palette)
+
+    def set_backend_label(self, text: str, tip: str = "") -> None:
+        """Name the session's backend in the header ("" hides it: the embedded engine)."""
+        self.backend_label.setText(text)
+        self.backend_label.setToolTip(tip or text)
+        self.backend_label.setVisible(bool(text))
 
     def set_settings(self, settings: ChatSettings) -> None:
         self.settings_panel.set_settings(settings)

@@ -23,6 +23,7 @@ from ui.kv_block_table import KVBlockTable
 from ui.kv_event_log import KVEventLog
 from ui.kv_grid import FALLBACK_COLORS, GridTheme, KVGrid, KVLegend, OwnerColors
 from ui.panel_types import OwnerResolver
+from ui.remote_metrics_view import RemoteKVNote
 
 FORMULAS = {
     "kvUsedLabel": "in use = blocks with ref count > 0\n"
@@ -228,8 +229,10 @@ class KVCacheView(QWidget):
         splitter.addWidget(self.event_log)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
+        self.remote_note = RemoteKVNote(self)  # remote sessions' caches: not inspectable
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.remote_note)
         layout.addWidget(splitter)
 
     def _build_zoom_bar(self) -> QHBoxLayout:

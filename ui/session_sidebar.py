@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
 
 class SessionSidebar(QWidget):
     newRequested = Signal()
+    newRemoteRequested = Signal()  # a session on a remote OpenAI-compatible endpoint
     openRequested = Signal(int)
     duplicateRequested = Signal(int)
     deleteRequested = Signal(int)
@@ -54,11 +55,15 @@ class SessionSidebar(QWidget):
             ("duplicateSessionButton", "Duplicate",
              lambda: self._with_current(self.duplicateRequested.emit)),
             ("deleteSessionButton", "Delete", lambda: self._with_current(self.confirm_delete)),
+            ("newRemoteSessionButton", "Remote…", self.newRemoteRequested.emit),
         ]  # fmt: skip
         for i, (name, text, slot) in enumerate(specs):
             button = QPushButton(text, self)
             button.setObjectName(name)
             button.clicked.connect(lambda _checked=False, s=slot: s())
+            if name == "newRemoteSessionButton":
+                button.setToolTip("New remote session: a vLLM cluster or another "
+                                  "OpenAI-compatible server")
             grid.addWidget(button, i // 3, i % 3)
         return grid
 

@@ -18,6 +18,7 @@ from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from engine import StepStats
+from ui.remote_metrics_view import RemoteMetricsView
 from ui.throughput_series import Series, ThroughputSeries
 
 REDRAW_MS = 160  # ~6 Hz: live enough, and six charts' repaints stay a small share of the UI
@@ -103,6 +104,8 @@ class ThroughputView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.setSpacing(2)
+        self.remote = RemoteMetricsView(self)  # remote endpoints' /metrics, when any is open
+        layout.addWidget(self.remote)
         layout.addWidget(self.totals_label)
         layout.addWidget(self.readout)
         for i, chart in enumerate(CHARTS):
