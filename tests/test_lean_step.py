@@ -94,20 +94,35 @@ def test_prepare_inputs_matches_the_per_token_construction(tiny_engine):
     assert (meta.max_query_len, meta.max_seq_len) == (9, 20)
 
 
-def test_one_attention_plan_per_step_shared_by_every_layer(tiny_engine, monkeypatch):
-    made, gathers = [], []
-    real_init, real_gather = reference.AttentionPlan.__init__, reference.AttentionPlan._make_decode_gather
+@pytest.mark.parametrize("decode_kernel", [True, False], ids=["cpu-kernel", "torch-gather"])
+def test_one_attention_plan_per_step_shared_by_every_layer(tiny_engine, monkeypatch, decode_kernel):
+    """One plan per step; the decodes' block tables (for the CPU kernel) or their K/V gather
+    (the torch path) made once per step for both layers."""
+    made, built = [], []
+    plan_cls = reference.AttentionPlan
+    real_init, real_gather = plan_cls.__init__, plan_cls._make_decode_gather
+    real_tables = plan_cls.decode_tables
 
     def counting_init(self, *args, **kwargs):
         made.append(self)
         real_init(self, *args, **kwargs)
 
     def counting_gather(self, window):
-        gathers.append(window)
+        built.append(("gather", window))
         return real_gather(self, window)
 
-    monkeypatch.setattr(reference.AttentionPlan, "__init__", counting_init)
-    monkeypatch.setattr(reference.AttentionPlan, "_make_decode_gather", counting_gather)
+    def counting_tables(self):
+        if self._decode_tables is None:
+            built.append(("tables", None))
+        return real_tables(self)
+
+    monkeypatch.setattr(plan_cls, "__init__", counting_init)
+    monkeypatch.setattr(plan_cls, "_make_decode_gather", counting_gather)
+    monkeypatch.setattr(plan_cls, "decode_tables", counting_tables)
+    if not decode_kernel:
+        monkeypatch.setattr(tiny_engine.runner, "decode_kernel", None)
+    else:
+        assert tiny_engine.runner.decode_kernel is not None, "the CPU decode kernel did not build"
     tiny_engine.add_request("plan", [5, 6, 7], SamplingParams(max_tokens=3, ignore_eos=True))
     steps = 0
     while tiny_engine.has_unfinished_requests():
@@ -115,7 +130,8 @@ def test_one_attention_plan_per_step_shared_by_every_layer(tiny_engine, monkeypa
         steps += 1
     assert tiny_engine.loaded.hf_config.num_hidden_layers == 2
     assert len(made) == steps == 3  # one per step, not one per layer
-    assert len(gathers) == 2  # the two decode steps, each gathered once for both layers
+    kind = "tables" if decode_kernel else "gather"
+    assert built == [(kind, None)] * 2  # the two decode steps, each once for both layers
 
 
 # ---------------------------------------------------------------- sampler
