@@ -175,11 +175,12 @@ class RemoteEndpoint:
 
     # ---------------------------------------------------------------- metrics
     async def fetch_metrics_text(self) -> str | None:
-        """GET /metrics (Prometheus text), or None when the server does not expose it."""
+        """GET /metrics (Prometheus text), or None when the server does not expose it;
+        RemoteError when it cannot be reached."""
         try:
             response = await self._client.get("/metrics", timeout=5.0)
-        except httpx.HTTPError:
-            return None
+        except httpx.HTTPError as exc:
+            raise RemoteError(self._transport_message(exc)) from exc
         return response.text if response.status_code == 200 else None
 
     # ---------------------------------------------------------------- errors
@@ -199,6 +200,10 @@ class RemoteEndpoint:
     def _status_message(self, response: httpx.Response, model: str | None = None) -> str:
         detail = _error_detail(response)
         code = response.status_code
+        if code == 401 and not self.api_key:
+            return (f"{self.base_url} wants an API key (401 Unauthorized) and none is stored "
+                    "for it (without an OS keyring keys last one run): enter it again in "
+                    f"New remote session. {detail}").strip()
         if code == 401:
             return (f"{self.base_url} refused the API key (401 Unauthorized): check the key "
                     f"for this server. {detail}").strip()

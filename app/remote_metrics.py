@@ -8,17 +8,15 @@ Series with several label sets (vLLM labels by model and engine) are summed.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import replace
 from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.remote_backend import RemoteEndpoint
+from app.remote_backend import RemoteEndpoint, RemoteError
 from ui.remote_types import RemoteMetrics
 
-log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
 # RemoteMetrics field -> the sample name in the exposition text
@@ -73,20 +71,33 @@ class MetricsPoller:
             self.task.cancel()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         last_time = None
         while True:
-            text = await self.endpoint.fetch_metrics_text()
+            fresh = await self._scrape()
             now = time.monotonic()
-            if text is not None:
-                try:
-                    fresh = await loop.run_in_executor(None, parse_metrics,
-                                                       self.endpoint.base_url, text)
-                except ValueError as exc:  # not Prometheus text: say so once, keep trying
-                    log.warning("metrics of %s unreadable: %s", self.endpoint.base_url, exc)
-                else:
-                    dt = now - last_time if last_time is not None else 0.0
-                    self.latest = with_rate(fresh, self.latest, dt)
-                    last_time = now
-                    self.on_metrics(self.latest)
+            if fresh.error is None:
+                dt = now - last_time if last_time is not None else 0.0
+                fresh = with_rate(fresh, self.latest if self.latest and not self.latest.error
+                                  else None, dt)  # fmt: skip
+                last_time = now
+            else:
+                last_time = None  # the next rate starts afresh
+            self.latest = fresh
+            self.on_metrics(fresh)
             await asyncio.sleep(self.interval)
+
+    async def _scrape(self) -> RemoteMetrics:
+        url = self.endpoint.base_url
+        try:
+            text = await self.endpoint.fetch_metrics_text()
+        except RemoteError as exc:
+            return RemoteMetrics(url, error=f"metrics unavailable: {exc}")
+        except Exception as exc:  # whatever else fails, the next poll tries again
+            return RemoteMetrics(url, error=f"metrics unavailable: {type(exc).__name__}: {exc}")
+        if text is None:
+            return RemoteMetrics(url, error="this server exposes no Prometheus /metrics")
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, parse_metrics, url, text)
+        except ValueError as exc:  # not Prometheus text
+            return RemoteMetrics(url, error=f"its /metrics is not Prometheus text ({exc})")

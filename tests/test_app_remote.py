@@ -47,11 +47,14 @@ class ServedProcess:
         self.url = ""
 
     def alive(self) -> ServedProcess:
+        """The server, up: started now if it is not running, and /health answered."""
         if self.proc is None or self.proc.poll() is not None:
-            self._start()
+            self.launch()
+        self._wait()
         return self
 
-    def _start(self) -> None:
+    def launch(self) -> None:
+        """Start it without waiting (it loads while the test opens its app)."""
         port = free_port()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         cmd = [sys.executable, "-m", "app", "serve", "--model", str(self.model), "--port",
@@ -60,6 +63,8 @@ class ServedProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
         self.url = f"http://127.0.0.1:{port}"
+
+    def _wait(self) -> None:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -99,6 +104,7 @@ class ServedProcess:
 @pytest.fixture(scope="module")
 def remote_server(tiny_model, tmp_path_factory):
     server = ServedProcess(tiny_model, tmp_path_factory.mktemp("serve") / "serve.log")
+    server.launch()
     yield server
     server.stop()
 
@@ -152,13 +158,23 @@ def send_and_wait(loop, chat, text: str, timeout: float = 60):
     return last_reply(chat)
 
 
+def failed_reply(loop, window, chat) -> str:
+    """Send to a session set up to fail; return the reply's text (as the pane shows it once),
+    then close the pane (the window holds a few panes at most)."""
+    reply = send_and_wait(loop, chat, "Hello")
+    assert reply.status == "error"
+    assert chat.pane.transcript.toPlainText().count(reply.content.strip("*")[:40]) == 1
+    window.controller.close_session(chat.session_id)
+    return reply.content
+
+
 # ---------------------------------------------------------------- the dialog and /v1/models
 def test_dialog_lists_models_with_max_model_len_and_shows_a_401(qloop, tiny_model, tmp_path,
                                                                 remote_server):  # fmt: skip
     from ui.remote_session_dialog import RemoteSessionDialog
 
-    server = remote_server.alive()
     window = open_app(qloop, tmp_path, tiny_model)
+    server = remote_server.alive()
     remotes = window.controller.remotes
     dialog = remotes.show_dialog()
     assert isinstance(dialog, RemoteSessionDialog) and dialog.isVisible()
@@ -302,23 +318,22 @@ def test_stop_aborts_the_remote_request_and_failures_show_in_the_pane(qloop, tin
     reply = last_reply(remote)
     assert reply.status == "stopped" and len(reply.content) > 20
     assert reply.stats["tokens"] < 3000
-    # 401: the wrong key for this server
+    # 401: a wrong key entered for this server (it replaces the key for the URL)
     wrong = remote_chat(window, server.url + "/", key="wrong-key")
-    reply = send_and_wait(qloop, wrong, "Hello")
-    assert reply.status == "error" and "401" in reply.content
     assert remote.endpoint is wrong.endpoint  # one client and one key per URL
-    assert "refused the API key" in wrong.pane.transcript.toPlainText()
+    text = failed_reply(qloop, window, wrong)
+    assert "401" in text and "refused the API key" in text
+    # no key at all (as after a restart without a keyring): the message says what to do
+    text = failed_reply(qloop, window, remote_chat(window, server.url, key=""))
+    assert "401" in text and "none is stored" in text
     # a model that is gone (404); the right key entered with it is the URL's key again
-    gone = remote_chat(window, server.url, model="retired-model")
-    reply = send_and_wait(qloop, gone, "Hello")
-    assert reply.status == "error" and "retired-model" in reply.content and "404" in reply.content
+    text = failed_reply(qloop, window, remote_chat(window, server.url, model="retired-model"))
+    assert "retired-model" in text and "404" in text
     # an unreachable host, and TLS spoken to a plain-HTTP server
-    nowhere = remote_chat(window, f"http://127.0.0.1:{free_port()}")
-    reply = send_and_wait(qloop, nowhere, "Hello")
-    assert reply.status == "error" and "cannot reach" in reply.content
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    assert f"cannot reach {nowhere}" in failed_reply(qloop, window, remote_chat(window, nowhere))
     tls = remote_chat(window, server.url.replace("http://", "https://"))
-    reply = send_and_wait(qloop, tls, "Hello")
-    assert reply.status == "error" and "TLS failed" in reply.content
+    assert "TLS failed" in failed_reply(qloop, window, tls)
     # and after all that, the first remote session still replies (with the right key)
     long_replies(remote, max_tokens=8)
     assert send_and_wait(qloop, remote, "Again").status == "complete"
@@ -340,6 +355,9 @@ def test_server_killed_mid_stream_keeps_the_partial_and_the_app_works(qloop, tin
     assert reply.status == "error" and "dropped mid-reply" in reply.content
     partial = reply.content.split("\n\n*")[0]
     assert len(partial) > 20 and remote.pane.transcript.toPlainText().count("dropped") == 1
+    view = window.controller.learner.throughput.remote
+    run(qloop, until(lambda: "cannot reach" in view.rows[server.url].text(), 10,
+                     "the throughput panel to say the remote is gone"))  # fmt: skip
     long_replies(local, max_tokens=16)
     assert send_and_wait(qloop, local, "Still there?").status == "complete"
     assert last_reply(local).stats["tokens"] == 16

@@ -17,6 +17,7 @@ class RemoteMetrics:
     prefix_queries: float | None = None  # vllm:prefix_cache_queries (tokens, cumulative)
     generation_tokens: float | None = None  # vllm:generation_tokens (cumulative)
     generation_tps: float | None = None  # its rate between the last two scrapes
+    error: str | None = None  # why there are no numbers (unreachable, no /metrics)
 
     @property
     def prefix_hit_rate(self) -> float | None:
@@ -26,6 +27,8 @@ class RemoteMetrics:
 
     def describe(self) -> str:
         """One line: what the remote is doing now."""
+        if self.error:
+            return self.error
         parts = []
         if self.running is not None:
             parts.append(f"running {self.running:.0f}")
