@@ -44,7 +44,7 @@ class RemoteChatController(ChatController):
         self._prompt_tokens: int | None = None  # the last count of the prompt as it stands
         self._count_task: asyncio.Task | None = None
         host = endpoint.base_url.split("://", 1)[-1]
-        pane.set_backend_label(f"remote · {self.model} @ {host}",
+        pane.set_backend_label(f"remote · {self.model} at {host}",
                                f"Replies come from {endpoint.base_url} ({self.model}), "
                                "not from the embedded engine.")  # fmt: skip
         self.update_context()

@@ -67,6 +67,7 @@ class ChatPane(QFrame):
         layout.setContentsMargins(6, 0, 6, 6)
         layout.addWidget(self.color_strip)
         layout.addLayout(self._build_header())
+        layout.addWidget(self.backend_label)
         layout.addWidget(self.settings_panel)
         layout.addWidget(self.transcript, 1)
         layout.addWidget(self.gauge)
@@ -106,7 +107,6 @@ class ChatPane(QFrame):
         row = QHBoxLayout()
         row.addWidget(self.swatch)
         row.addWidget(self.title, 1)
-        row.addWidget(self.backend_label, 1)
         for button in (self.settings_button, self.export_button, close):
             row.addWidget(button)
         return row

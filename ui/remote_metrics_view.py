@@ -70,7 +70,7 @@ class RemoteKVNote(_Rows):
             bar.setFormat("usage not exposed")
             bar.setValue(0)
         else:
-            bar.setFormat("remote KV cache in use: %p%")
+            bar.setFormat(f"remote KV cache in use: {m.kv_usage:.1%}")
             bar.setValue(round(m.kv_usage * 1000))
 
     def __init__(self, parent: QWidget | None = None):
