@@ -20,6 +20,10 @@ class EngineConfig:
     they are only ever captured on CUDA with the Triton backend.
     pack_cpu_weights: on the CPU, reorder float32 linear weights once into oneDNN's blocked
     layout (engine/models/layers.py `pack_cpu_linears`); False keeps them plain matrices.
+    tensor_parallel_size: shard the model over N processes (engine/distributed/): on CUDA
+    one GPU each (rank r on cuda:r, NCCL), on the CPU N processes over gloo. They meet on
+    127.0.0.1 at distributed_port (None: a free port); forming the group, and any one
+    collective, fails after distributed_timeout_s rather than waiting forever.
     """
 
     model: str | None = None
@@ -37,6 +41,9 @@ class EngineConfig:
     seed: int = 0
     enforce_eager: bool = False
     pack_cpu_weights: bool = True
+    tensor_parallel_size: int = 1
+    distributed_port: int | None = None
+    distributed_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -57,13 +64,34 @@ class EngineConfig:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        self._check_tensor_parallel_fields()
+
+    def _check_tensor_parallel_fields(self) -> None:
+        tp = self.tensor_parallel_size
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {tp!r}")
+        port = self.distributed_port
+        if port is not None and not 0 <= port <= 65535:
+            raise ValueError(f"distributed_port must be in 0-65535, got {port}")
+        if not self.distributed_timeout_s > 0:
+            raise ValueError(f"distributed_timeout_s must be > 0, got {self.distributed_timeout_s}")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA device")
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            device = torch.device(self.device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA device")
+        if device.type == "cuda" and self.tensor_parallel_size > 1:
+            # Rank r runs on cuda:r: rank 0 (this process) on cuda:0.
+            count = torch.cuda.device_count()
+            if self.tensor_parallel_size > count:
+                raise ValueError(
+                    f"tensor_parallel_size={self.tensor_parallel_size} needs that many GPUs, "
+                    f"but torch sees {count}"
+                )
+            device = torch.device("cuda:0")
         return device
 
     def resolve_dtype(self, device: torch.device) -> torch.dtype:

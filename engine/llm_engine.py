@@ -19,7 +19,7 @@ from engine.bad_words import tokenize_bad_words
 from engine.config import EngineConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.kv_snapshot import KVSnapshot
-from engine.model_loader import LoadedModel, load_model
+from engine.model_loader import LoadedModel, check_tensor_parallel_model, load_model
 from engine.model_runner import ModelRunner
 from engine.models import model_path_of
 from engine.models.layers import sliding_window_of
@@ -45,14 +45,23 @@ class LLMEngine:
         self.device = config.resolve_device()
         self.dtype = config.resolve_dtype(self.device)
         self.attention_backend = kernels.resolve_backend(config.attention_backend, self.device)
-        self.loaded = loaded or load_model(config.model, dtype=self.dtype, device=self.device)
+        self.tp_executor = None  # the workers' driver when tensor_parallel_size > 1
+        if config.tensor_parallel_size > 1:
+            self.loaded = self._load_tensor_parallel(loaded)
+        else:
+            self.loaded = loaded or load_model(config.model, dtype=self.dtype, device=self.device)
         self.tokenizer = self.loaded.tokenizer
         self.model_name = self.loaded.name
         model_len = min(self.loaded.max_model_len, config.max_model_len or 1 << 62)
-        self.runner = ModelRunner(
-            self.loaded.model, self.loaded.hf_config, config, self.device, self.dtype,
-            model_len, self.attention_backend,
-        )
+        try:
+            self.runner = ModelRunner(
+                self.loaded.model, self.loaded.hf_config, config, self.device, self.dtype,
+                model_len, self.attention_backend, self.tp_executor,
+            )
+        except BaseException:
+            if self.tp_executor is not None:
+                self.tp_executor.shutdown()
+            raise
         self.num_kv_blocks = self.runner.num_blocks
         hf_config = self.loaded.hf_config
         self.model_path = model_path_of(hf_config)  # native family or generic transformers
@@ -79,6 +88,41 @@ class LLMEngine:
         self._ended: list[str] = []  # requests finished or aborted since the last record
         self._latencies: tuple[list[float], list[float]] = ([], [])  # this step's TTFT, ITL
         self._log_capacity()
+
+    def _load_tensor_parallel(self, loaded: LoadedModel | None) -> LoadedModel:
+        """Start the workers, then load rank 0's shard while they load theirs; the model
+        the runner drives is rank 0's TensorParallelModel (engine/distributed/)."""
+        from engine.distributed.executor import TensorParallelExecutor, TensorParallelModel
+        from engine.distributed.parallel_state import building_for
+
+        if loaded is not None:
+            raise ValueError(
+                "tensor_parallel_size > 1 loads each rank's shard itself: pass the model "
+                "in EngineConfig.model, not a model already loaded whole"
+            )
+        check_tensor_parallel_model(self.config.model, self.config.tensor_parallel_size)
+        executor = TensorParallelExecutor.start(self.config, self.device, self.dtype)
+        try:
+            with building_for(executor.group):
+                result = load_model(self.config.model, dtype=self.dtype, device=self.device)
+            executor.wait_ready()
+        except BaseException:
+            executor.shutdown(wait_s=0.0)
+            raise
+        self.tp_executor = executor
+        result.model = TensorParallelModel(result.model, executor)
+        return result
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        return self.config.tensor_parallel_size
+
+    def rank_parameter_bytes(self) -> list[int]:
+        """Bytes of model parameters held by each rank (one entry at TP=1)."""
+        model = self.runner.model
+        if self.tp_executor is not None:
+            return model.parameter_bytes()
+        return [sum(p.numel() * p.element_size() for p in model.parameters())]
 
     def _log_capacity(self) -> None:
         tokens = self.num_kv_blocks * self.config.block_size

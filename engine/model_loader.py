@@ -217,12 +217,49 @@ def build_model(
     dtype: torch.dtype,
     device: torch.device,
 ) -> nn.Module:
-    """Instantiate without random init (meta device), allocate on `device`, load weights."""
+    """Instantiate without random init (meta device), allocate on `device`, load weights
+    (inside `parallel_state.building_for(group)`: this rank's shard only)."""
+    _check_tensor_parallel(model_cls, config)
     with torch.device("meta"):
         model = model_cls(config)
     model = model.to(dtype=dtype).to_empty(device=device)
     model.load_weights(_read_safetensors_into(model, weight_files))
     return model.requires_grad_(False).eval()
+
+
+TP_FAMILIES = "the Llama family (Llama, Mistral, Qwen2, Qwen3)"
+
+
+def _check_tensor_parallel(model_cls: type[nn.Module], config) -> None:
+    """A family that does not shard itself must not be built for a TP group: it would
+    compute each rank's whole model, or wrong output."""
+    from engine.distributed.parallel_state import current_group
+    from engine.models import model_path_of
+
+    if current_group().is_parallel and not getattr(model_cls, "supports_tensor_parallel", False):
+        family = model_path_of(config).label
+        raise ValueError(
+            f"tensor_parallel_size > 1 is supported for {TP_FAMILIES}; {family} is not."
+        )
+
+
+def check_tensor_parallel_model(model: str | None, tensor_parallel_size: int) -> None:
+    """Refuse, before any worker starts, a model that cannot be split `tensor_parallel_size`
+    ways: a family that does not shard, or heads / MLP rows the ranks cannot share."""
+    from transformers import AutoConfig
+
+    from engine.distributed.parallel_state import TPGroup, building_for
+    from engine.models.parallel_layers import even_range, head_shard
+
+    folder = hf_folder_of(model)
+    model_cls = _check_architecture(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    with building_for(TPGroup(0, tensor_parallel_size)):
+        _check_tensor_parallel(model_cls, config)
+    heads = config.num_attention_heads
+    head_shard(heads, getattr(config, "num_key_value_heads", None) or heads, 0,
+               tensor_parallel_size)  # fmt: skip
+    even_range(config.intermediate_size, 0, tensor_parallel_size, "intermediate_size")
 
 
 def max_model_len_of(config) -> int:
@@ -286,12 +323,17 @@ def _read_safetensors_into(
 
     Reads with plain file reads, not mmap: on small-RAM VMs page-faulting a mapped file is
     several times slower than reading it. Where the parameter slice the tensor fills is on
-    the CPU in the file's dtype, the bytes go straight into it (no second copy).
+    the CPU in the file's dtype, the bytes go straight into it (no second copy). A
+    tensor-parallel rank reads only its part of a sharded tensor (`checkpoint_slice`).
     """
     for path in files:
-        with open(path, "rb", buffering=0) as f:
+        with open(path, "rb", buffering=0) as f, _SliceReader(path) as slices:
             data_start, header = _safetensors_header(f, path)
             for name, entry in header.items():
+                cut = model.checkpoint_slice(name) if hasattr(model, "checkpoint_slice") else None
+                if cut is not None:
+                    yield name, slices.read(name, cut)
+                    continue
                 dtype, shape = _SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"])
                 begin, end = entry["data_offsets"]
                 dst = model.param_view(name)
@@ -303,6 +345,32 @@ def _read_safetensors_into(
                 f.seek(data_start + begin)
                 _read_exact(f, out, end - begin, path)
                 yield name, out
+
+
+class _SliceReader:
+    """Parts of tensors of one safetensors file, read with safe_open's get_slice (only the
+    bytes of those rows or columns), the file opened on first use."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = None
+
+    def read(self, name: str, cut) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if self._file is None:
+            self._file = safe_open(str(self.path), framework="pt").__enter__()
+        part = self._file.get_slice(name)
+        index = (slice(cut.start, cut.stop),) if cut.dim == 0 else (slice(None), slice(cut.start, cut.stop))
+        return part[index].contiguous()
+
+    def __enter__(self) -> _SliceReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.__exit__(None, None, None)
+            self._file = None
 
 
 def _safetensors_header(f, path: Path) -> tuple[int, dict]:

@@ -43,11 +43,34 @@ class CacheShape:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.itemsize
 
 
-def cache_shape_of(hf_config, dtype: torch.dtype) -> CacheShape:
+def cache_shape_of(
+    hf_config, dtype: torch.dtype, tensor_parallel_size: int = 1, rank: int = 0
+) -> CacheShape:
+    """The cache of one rank: with tensor parallelism, only the KV heads it holds (rank 0
+    holds the most: it sizes the cache, in blocks, for all)."""
     heads = hf_config.num_attention_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
     kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+    if tensor_parallel_size > 1:
+        from engine.models.parallel_layers import head_shard
+
+        kv_heads = head_shard(heads, kv_heads, rank, tensor_parallel_size).num_kv_heads
     return CacheShape(hf_config.num_hidden_layers, kv_heads, head_dim, dtype)
+
+
+def allocate_kv_cache(
+    shape: CacheShape, num_blocks: int, block_size: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(k_cache, v_cache) per layer, each [num_blocks, block_size, kv_heads, head_dim]."""
+    dims = (num_blocks, block_size, shape.num_kv_heads, shape.head_dim)
+    # Zeroed: attention may read (and then mask) slots nothing was written to.
+    return [
+        (
+            torch.zeros(dims, dtype=shape.dtype, device=device),
+            torch.zeros(dims, dtype=shape.dtype, device=device),
+        )
+        for _ in range(shape.num_layers)
+    ]
 
 
 class RunnerOutput(NamedTuple):
@@ -90,8 +113,13 @@ class ModelRunner:
         dtype: torch.dtype,
         max_model_len: int,
         attention_backend: str,
+        tp_executor=None,
     ):
+        """tp_executor: with tensor_parallel_size > 1, the workers' driver
+        (engine/distributed/executor.py); `model` is then rank 0's TensorParallelModel and
+        every rank's cache holds its own KV heads, of the same number of blocks."""
         self.model = model
+        self.tp_executor = tp_executor
         if config.pack_cpu_weights and device.type == "cpu":
             log.info("%d CPU linear weights packed for oneDNN", pack_cpu_linears(model))
         self.config = config
@@ -102,10 +130,12 @@ class ModelRunner:
         # Decodes read the paged cache in place on the CPU (kernels/cpu_decode_attention.py).
         on_cpu_torch = device.type == "cpu" and attention_backend == "torch"
         self.decode_kernel = cpu_decode_attention.load() if on_cpu_torch else None
-        self.shape = cache_shape_of(hf_config, dtype)
+        self.shape = cache_shape_of(hf_config, dtype, config.tensor_parallel_size)
         self.vocab_size = hf_config.vocab_size
         self.num_blocks = self._decide_num_blocks(max_model_len)
         self.kv_caches = self._allocate_cache(self.num_blocks)
+        if tp_executor is not None:
+            tp_executor.allocate_cache(self.num_blocks)
         self.block_table = BlockTable(
             config.max_num_seqs, -(-max_model_len // self.block_size),
             pin_memory=self.device.type == "cuda",
@@ -120,6 +150,8 @@ class ModelRunner:
         why_not = "enforce_eager" if cfg.enforce_eager else graphs_supported(
             self.device, self.attention_backend
         )
+        if why_not is None and self.tp_executor is not None:
+            why_not = "tensor_parallel_size > 1 (a replay cannot include the workers' steps)"
         if why_not is not None:
             log.info("CUDA graphs off: %s", why_not)
             return None
@@ -188,16 +220,7 @@ class ModelRunner:
         return int(self.config.gpu_memory_fraction * total - (peak - cache_bytes) - max(others, 0))
 
     def _allocate_cache(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        s = self.shape
-        dims = (num_blocks, self.block_size, s.num_kv_heads, s.head_dim)
-        # Zeroed: attention may read (and then mask) slots nothing was written to.
-        return [
-            (
-                torch.zeros(dims, dtype=s.dtype, device=self.device),
-                torch.zeros(dims, dtype=s.dtype, device=self.device),
-            )
-            for _ in range(s.num_layers)
-        ]
+        return allocate_kv_cache(self.shape, num_blocks, self.block_size, self.device)
 
     @property
     def cache_bytes(self) -> int:
@@ -286,3 +309,5 @@ class ModelRunner:
             self.graphs = None
         self.kv_caches = []
         self.model = None
+        if self.tp_executor is not None:
+            self.tp_executor.shutdown()

@@ -14,12 +14,23 @@ positions, kv_caches, meta)` returns the final hidden states) and states:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from engine.attention import AttentionMetadata
+from engine.distributed.parallel_state import current_group
 from engine.models.layers import KVCache, Linear, linear
+
+
+class CheckpointSlice(NamedTuple):
+    """The part of a checkpoint tensor one tensor-parallel rank holds: [start, stop) along
+    `dim` (0: rows, 1: columns)."""
+
+    dim: int
+    start: int
+    stop: int
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -73,16 +84,23 @@ class PagedCausalLM(nn.Module):
         self.config = config
         self.add_module(self.decoder_name, model)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.tp = current_group()  # TP=1 unless built for a tensor-parallel group
         # Tied: no lm_head at all, compute_logits reuses the embedding (no shared Parameter
         # to keep tied through meta -> to_empty).
-        self.lm_head = (
-            None
-            if self.tie_word_embeddings
-            else Linear(self.head_input_size(), config.vocab_size, bias=False)
-        )
+        self.lm_head = None if self.tie_word_embeddings else self._make_lm_head()
         self.final_logit_softcap: float | None = None
 
+    def _make_lm_head(self) -> Linear:
+        if not self.tp.is_parallel:
+            return Linear(self.head_input_size(), self.config.vocab_size, bias=False)
+        from engine.models.parallel_layers import ColumnParallelLinear, vocab_range
+
+        rows = vocab_range(self.config.vocab_size, self.tp.rank, self.tp.world_size)[2]
+        return ColumnParallelLinear(self.head_input_size(), rows, False, self.tp)
+
     # ------------------------------------------------------------ what a family states
+    supports_tensor_parallel = False  # True: the family shards itself for a TP group
+
     def embedding(self) -> nn.Embedding:
         return self.decoder.embed_tokens
 
@@ -110,8 +128,16 @@ class PagedCausalLM(nn.Module):
         return getattr(self, self.decoder_name)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] -> float32 logits [N, vocab]."""
-        if self.lm_head is None:
+        """hidden [N, hidden] -> float32 logits [N, vocab] (tensor-parallel: on rank 0, and
+        None on the other ranks)."""
+        if self.tp.is_parallel:
+            from engine.models.parallel_layers import parallel_logits
+
+            weight = self.embedding().weight if self.lm_head is None else None
+            logits = parallel_logits(hidden, weight, self.config.vocab_size, self.tp, self.lm_head)
+            if logits is None:
+                return None
+        elif self.lm_head is None:
             logits = linear(hidden, self.embedding().weight).float()
         else:
             logits = self.lm_head(hidden).float()
@@ -145,7 +171,15 @@ class PagedCausalLM(nn.Module):
             param = self.get_parameter(target).detach()
         except AttributeError:
             raise ValueError(f"Unexpected weight {hf_name!r} for {type(self).__name__}.") from None
-        return param if rows is None else param[rows]
+        view = param if rows is None else param[rows]
+        cut = self.checkpoint_slice(hf_name)
+        if cut is not None and cut.dim == 0 and view.shape[0] > cut.stop - cut.start:
+            view = view[: cut.stop - cut.start]  # the last rank's vocab rows: padded
+        return view
+
+    def checkpoint_slice(self, hf_name: str) -> CheckpointSlice | None:
+        """The part of checkpoint tensor `hf_name` this rank reads; None: all of it (TP=1)."""
+        return None
 
     def _canonical(self, hf_name: str) -> str:
         """The name with the prefix some checkpoints leave off put back."""

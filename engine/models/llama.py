@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from engine.attention import AttentionMetadata
-from engine.models.base import PagedCausalLM, gate_up_shards, qkv_shards
+from engine.distributed.parallel_state import current_group
+from engine.models.base import CheckpointSlice, PagedCausalLM, gate_up_shards, qkv_shards
 from engine.models.layers import (
     Embedding,
     GatedMLP,
@@ -29,6 +30,15 @@ from engine.models.layers import (
     apply_rope,
     head_dim_of,
     sliding_window_of,
+)
+from engine.models.parallel_layers import (
+    ColumnParallelLinear,
+    ParallelGatedMLP,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    even_range,
+    head_shard,
+    vocab_range,
 )
 
 
@@ -61,10 +71,19 @@ class RotaryAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = head_dim_of(config)
+        group = current_group()
+        if group.is_parallel:  # this rank's heads only (engine/models/parallel_layers.py)
+            self.shard = head_shard(self.num_heads, self.num_kv_heads, group.rank, group.world_size)
+            self.num_heads, self.num_kv_heads = self.shard.num_heads, self.shard.num_kv_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
-        self.o_proj = Linear(self.q_size, config.hidden_size, bias=o_bias)
+        qkv_size = self.q_size + 2 * self.kv_size
+        if group.is_parallel:
+            self.qkv_proj = ColumnParallelLinear(config.hidden_size, qkv_size, qkv_bias, group)
+            self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, o_bias, group)
+        else:
+            self.qkv_proj = Linear(config.hidden_size, qkv_size, bias=qkv_bias)
+            self.o_proj = Linear(self.q_size, config.hidden_size, bias=o_bias)
         self.qk_norm = qk_norm
         if qk_norm:
             eps, zc = config.rms_norm_eps, zero_centred_qk_norm
@@ -106,9 +125,12 @@ class LlamaDecoderLayer(nn.Module):
             config, layer_idx, qkv_bias=qkv_bias, o_bias=o_bias,
             qk_norm=config.model_type == "qwen3",
         )  # fmt: skip
-        self.mlp = GatedMLP(
+        group = current_group()
+        mlp_cls = ParallelGatedMLP if group.is_parallel else GatedMLP
+        self.mlp = mlp_cls(
             config.hidden_size, config.intermediate_size, getattr(config, "hidden_act", "silu"),
             bias=bool(getattr(config, "mlp_bias", False)),
+            **({"group": group} if group.is_parallel else {}),
         )  # fmt: skip
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -139,7 +161,11 @@ def rotary_dim_of(config) -> int:
 class LlamaModel(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        group = current_group()
+        if group.is_parallel:
+            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, group)
+        else:
+            self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers)
         )
@@ -166,6 +192,8 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(PagedCausalLM):
     """Llama-family causal LM over a paged KV cache."""
 
+    supports_tensor_parallel = True
+
     def __init__(self, config):
         super().__init__(config, LlamaModel(config))
 
@@ -173,5 +201,35 @@ class LlamaForCausalLM(PagedCausalLM):
         attn = self.decoder.layers[0].self_attn
         return {
             **qkv_shards(attn.q_size, attn.kv_size),
-            **gate_up_shards(self.config.intermediate_size),
+            **gate_up_shards(self.decoder.layers[0].mlp.intermediate_size),  # this rank's
         }
+
+    def checkpoint_slice(self, hf_name: str) -> CheckpointSlice | None:
+        """The part of checkpoint tensor `hf_name` this rank holds (see parallel_layers):
+        rows of q/k/v (its heads), of gate/up, of the vocabulary; columns of o/down."""
+        tp = self.tp
+        if not tp.is_parallel:
+            return None
+        name = self._canonical(hf_name)
+        kind = next((k for k in _SHARDED if f".{k}." in f".{name}"), None)
+        if kind is None or (kind in ("o_proj", "down_proj") and name.endswith(".bias")):
+            return None  # replicated: norms, row-parallel biases
+        if kind in ("embed_tokens", "lm_head"):
+            start, stop, _ = vocab_range(self.config.vocab_size, tp.rank, tp.world_size)
+            return CheckpointSlice(0, start, stop)
+        attn = self.decoder.layers[0].self_attn
+        if kind in ("q_proj", "o_proj"):
+            first, count = attn.shard.q_start, attn.shard.num_heads
+        elif kind in ("k_proj", "v_proj"):
+            first, count = attn.shard.kv_start, attn.shard.num_kv_heads
+        else:  # gate_proj, up_proj, down_proj
+            start, stop = even_range(
+                self.config.intermediate_size, tp.rank, tp.world_size, "intermediate_size"
+            )
+            return CheckpointSlice(int(kind == "down_proj"), start, stop)
+        d = attn.head_dim
+        return CheckpointSlice(int(kind == "o_proj"), first * d, (first + count) * d)
+
+
+_SHARDED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+            "embed_tokens", "lm_head")  # fmt: skip

@@ -47,6 +47,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     engine.add_argument("--block-size", type=int, default=16)
     engine.add_argument("--gpu-memory-fraction", type=float, default=0.9)
     engine.add_argument("--no-prefix-caching", action="store_true")
+    engine.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                        help="shard the model over N processes: N GPUs (NCCL), or on the CPU "
+                             "N processes over gloo")
+    engine.add_argument("--distributed-timeout", type=float, default=60.0,
+                        help="seconds the tensor-parallel group may take to form, or any one "
+                             "collective to finish")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
     return parser
@@ -59,24 +65,32 @@ def _positive_mib(text: str) -> float:
     return value
 
 
+def engine_config_of(args: argparse.Namespace):
+    """The EngineConfig the serve arguments ask for."""
+    from engine.config import EngineConfig
+
+    return EngineConfig(
+        model=args.model, dtype=args.dtype, device=args.device, block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len, gpu_memory_fraction=args.gpu_memory_fraction,
+        enable_prefix_caching=not args.no_prefix_caching,
+        tensor_parallel_size=args.tensor_parallel_size,
+        distributed_timeout_s=args.distributed_timeout,
+    )
+
+
 def run_serve(args: argparse.Namespace) -> None:
     """Load the engine, serve it in this thread until Ctrl-C, then shut the engine down."""
     import uvicorn
 
     from engine.async_engine import AsyncEngine
-    from engine.config import EngineConfig
     from engine.server.api import LOOPBACK, create_app
     from engine.server.handle import GRACEFUL_SHUTDOWN_S
 
     if not is_loopback(args.host) and not args.api_key:
         log.warning("serving on %s without an API key: anyone who can reach this address can "
                     "use the model (set --api-key or $%s)", args.host, API_KEY_ENV)
-    engine = AsyncEngine(EngineConfig(
-        model=args.model, dtype=args.dtype, device=args.device, block_size=args.block_size,
-        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.max_model_len, gpu_memory_fraction=args.gpu_memory_fraction,
-        enable_prefix_caching=not args.no_prefix_caching,
-    ))
+    engine = AsyncEngine(engine_config_of(args))
     try:
         hosts = (LOOPBACK,) if is_loopback(args.host) else None  # a LAN address answers to any name
         app = create_app(engine, api_key=args.api_key, served_model_name=args.served_model_name,
