@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PySide6.QtWidgets import QLabel, QProgressBar
 from keyring.backend import KeyringBackend
@@ -253,6 +254,8 @@ def test_local_and_remote_panes_stream_at_once_with_send_to_all(qloop, tiny_mode
     assert shown.generation_tokens == pytest.approx(_counter(server, "vllm:generation_tokens"))
     assert shown.running == 0 and shown.kv_usage is not None
     assert "running 0" in view.rows[server.url].text() and view.isVisibleTo(view.parent())
+    _, rates = view.curve_data(server.url)  # the chart: generation tok/s, >0 while it streamed
+    assert len(rates) >= 2 and np.nanmax(rates) > 0
     note = ctrl.learner.kv_view.remote_note
     assert "cannot be inspected" in note.rows[server.url].findChild(
         QLabel, "remoteKVNoteLabel").text()

@@ -7,7 +7,11 @@ One row per remote URL, added by the first scrape and removed when the app says 
 from __future__ import annotations
 
 import html
+import time
+from collections import deque
 
+import numpy as np
+import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QLabel, QProgressBar, QVBoxLayout, QWidget
 
@@ -32,15 +36,37 @@ class _Rows(QFrame):
         self.setVisible(bool(self.rows))
 
 
+HISTORY = 300  # scrapes kept per remote for its chart (~5 minutes at one a second)
+CURVE_COLORS = ("#17becf", "#b07aa1", "#9c755f", "#edc948")
+
+
 class RemoteMetricsView(_Rows):
-    """Throughput panel: each remote's running / waiting / KV / prefix hits / generation tok/s."""
+    """Throughput panel: each remote's running / waiting / KV / prefix hits / generation
+    tok/s as a line, and its generation tok/s over time in one small chart."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__("remoteMetricsView", parent)
         self.latest: dict[str, RemoteMetrics] = {}
+        self.history: dict[str, deque[tuple[float, float]]] = {}
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        self._t0 = time.monotonic()
+        self.chart = pg.PlotWidget(self)
+        self.chart.setObjectName("remoteGenerationChart")
+        self.chart.setFixedHeight(84)
+        self.chart.setMenuEnabled(False)
+        self.chart.setMouseEnabled(x=False, y=False)
+        self.chart.hideButtons()
+        self.chart.showGrid(x=True, y=True, alpha=0.15)
+        self.chart.setLabel("left", "remote tok/s")
+        self.chart.getAxis("left").setWidth(52)  # as the charts below: one left edge
+        self.chart.setToolTip("Each remote's generation tokens per second: the growth of "
+                              "vllm:generation_tokens between two reads of its /metrics.")
+        self.chart.setBackground(self.palette().color(self.backgroundRole()))
+        self.box.addWidget(self.chart)
 
     def set_metrics(self, m: RemoteMetrics) -> None:
         self.latest[m.url] = m
+        self._plot(m)
         label = self.rows.get(m.url)
         if label is None:
             label = QLabel(self)
@@ -51,12 +77,33 @@ class RemoteMetricsView(_Rows):
                              "kv_cache_usage_perc, prefix_cache_hits ÷ prefix_cache_queries, "
                              "and the growth of generation_tokens.")  # fmt: skip
             self.rows[m.url] = label
-            self.box.addWidget(label)
+            self.box.insertWidget(self.box.indexOf(self.chart), label)
             self.show()
         label.setText(f"<b>remote</b> {html.escape(m.url)}<br>{html.escape(m.describe())}")
 
+    def _plot(self, m: RemoteMetrics) -> None:
+        points = self.history.setdefault(m.url, deque(maxlen=HISTORY))
+        points.append((time.monotonic() - self._t0,
+                       np.nan if m.generation_tps is None else m.generation_tps))
+        curve = self.curves.get(m.url)
+        if curve is None:
+            color = CURVE_COLORS[len(self.curves) % len(CURVE_COLORS)]
+            curve = self.chart.plot([], [], pen=pg.mkPen(color, width=1.6), name=m.url)
+            self.curves[m.url] = curve
+        x, y = np.array(points).T
+        curve.setData(x, y, connect="finite")
+
+    def curve_data(self, url: str) -> tuple[np.ndarray, np.ndarray]:
+        """What the chart draws for `url` now: (seconds, tok/s)."""
+        x, y = self.curves[url].getData()
+        return (np.zeros(0), np.zeros(0)) if x is None else (x, y)
+
     def remove(self, url: str) -> None:
         self.latest.pop(url, None)
+        self.history.pop(url, None)
+        curve = self.curves.pop(url, None)
+        if curve is not None:
+            self.chart.removeItem(curve)
         super().remove(url)
 
 
