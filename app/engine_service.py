@@ -109,6 +109,8 @@ class EngineService(QObject):
                 self.config_fields[name] = value
         old = self.engine
         loaded = old.engine.loaded if old is not None else None
+        if self.config_fields.get("tensor_parallel_size", 1) > 1:
+            loaded = None  # each rank loads its own shard again: the old workers stop
         self._retire(old, keeps_weights=True)
         self.loadingStarted.emit(self.model_label)
         return asyncio.ensure_future(self._load(loaded))

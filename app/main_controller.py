@@ -159,7 +159,8 @@ class AppController(QObject):
     def _engine_loaded(self, info: EngineInfo) -> None:
         self.window.status.show_ready(info.model_name, info.device, info.attention_backend,
                                       info.kv_tokens, info.max_model_len,
-                                      model_path=info.model_path)  # fmt: skip
+                                      model_path=info.model_path,
+                                      ranks=info.tensor_parallel_size)  # fmt: skip
 
     def _stats(self, records, _snapshot) -> None:
         if not self.closed and records:
@@ -202,7 +203,9 @@ class AppController(QObject):
 
     # ---------------------------------------------------------------- settings
     def show_settings(self) -> SettingsDialog:
-        dialog = SettingsDialog(asdict(self.settings), self.window)
+        info = self.service.info
+        dialog = SettingsDialog(asdict(self.settings), self.window,
+                                gpus=info.gpus if info is not None else ())  # fmt: skip
         dialog.applied.connect(self.apply_settings)
         dialog.finished.connect(dialog.deleteLater)
         dialog.open()

@@ -20,6 +20,7 @@ class AppSettings:
     gpu_memory_fraction: float = 0.9  # the share of GPU memory the engine may use, on CUDA
     block_size: int = 16
     max_num_seqs: int = 64
+    tensor_parallel_size: int = 1  # ranks (GPUs, or CPU processes over gloo) to shard over
     theme: str = "system"
     server_port: int = 8000
     server_api_key: str = ""
@@ -33,6 +34,7 @@ class AppSettings:
             "gpu_memory_fraction": self.gpu_memory_fraction,
             "block_size": self.block_size,
             "max_num_seqs": self.max_num_seqs,
+            "tensor_parallel_size": max(1, self.tensor_parallel_size),
         }
 
 

@@ -84,6 +84,7 @@ class EngineFacts:
     block_size: int
     max_model_len: int
     vocab_size: int  # the model's: token ids run from 0 to vocab_size - 1
+    tensor_parallel_size: int = 1  # ranks the model is sharded over; the KV blocks are per rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +357,8 @@ class AsyncEngine:
         e = self.engine
         return EngineFacts(e.model_name, e.model_path.label, e.device, e.dtype,
                            str(e.attention_backend), e.num_kv_blocks, e.config.block_size,
-                           e.max_model_len, e.loaded.hf_config.vocab_size)  # fmt: skip
+                           e.max_model_len, e.loaded.hf_config.vocab_size,
+                           e.tensor_parallel_size)  # fmt: skip
 
     def _measure(self) -> EngineMetrics:
         e, kv = self.engine, self.engine.kv_manager

@@ -42,6 +42,9 @@ class KVSnapshot:
     # Each layer's sliding window (None: full attention). The manager keeps every block of
     # a windowed layer (simple and correct); kv_metrics.window_waste counts what that costs.
     layer_windows: tuple[int | None, ...] = ()
+    # Tensor parallelism: every rank holds this block table (the scheduler's) over its own
+    # KV heads; kv_bytes_per_token is one rank's (rank 0, which holds the most heads).
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         for arr in (self.states, self.ref_counts, self.num_filled):

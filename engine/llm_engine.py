@@ -359,9 +359,12 @@ class LLMEngine:
         return self._step_count
 
     def kv_snapshot(self) -> KVSnapshot:
-        return self.kv_manager.snapshot(
+        snapshot = self.kv_manager.snapshot(
             self.runner.shape.bytes_per_token, self.max_model_len, self.layer_windows
         )
+        if self.tensor_parallel_size > 1:
+            snapshot = replace(snapshot, tensor_parallel_size=self.tensor_parallel_size)
+        return snapshot
 
     def reset_prefix_cache(self) -> int:
         """Forget the cached prefixes of finished requests; returns the blocks cleared."""

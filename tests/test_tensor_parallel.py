@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import time
+from dataclasses import asdict
 
 import psutil
 import pytest
@@ -131,6 +132,8 @@ def test_killed_worker_ends_every_stream_with_engine_dead_error(llama_one_kv_hea
         os.kill(worker, signal.SIGKILL)
         return killed, await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
+    facts = engine.info()
+    assert facts.tensor_parallel_size == 2
     try:
         killed, results = asyncio.run(main())
     finally:
@@ -334,3 +337,48 @@ def test_pagedesk_serve_tp2_answers_as_tp1_and_its_worker_dies_with_it(random_ll
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+# ---------------------------------------------------------------- what the app shows
+def test_kv_snapshot_and_panel_say_the_blocks_are_per_rank(bundled_tp2, qtbot):
+    """Every rank holds the scheduler's block table over its own KV heads: rank 0's 2 of
+    SmolLM2's 3, 30 layers x 2 heads x 64 x (K, V) x 4 bytes = 30 KiB a token, per rank."""
+    from ui.kv_cache_view import KVCacheView, format_bytes
+
+    snap = bundled_tp2.kv_snapshot()
+    assert snap.tensor_parallel_size == 2
+    assert snap.kv_bytes_per_token == 30 * 2 * 64 * 2 * 4
+    view = KVCacheView()
+    qtbot.addWidget(view)
+    view.set_snapshot(snap)
+    view.refresh()
+    label = view.numbers.labels["kvBytesPerTokenLabel"].text()
+    assert label == f"{format_bytes(30 * 2 * 64 * 2 * 4)} per rank ×2"
+
+
+def test_engine_info_and_settings_dialog_offer_tensor_parallelism(qtbot):
+    from types import SimpleNamespace
+
+    from app.device_info import engine_info
+    from app.settings import AppSettings
+    from ui.settings_dialog import SettingsDialog
+
+    facts = SimpleNamespace(model_name="m", device=torch.device("cpu"), attention_backend="torch",
+                            num_kv_blocks=10, block_size=16, max_model_len=160,
+                            model_path="native Llama", tensor_parallel_size=2)  # fmt: skip
+    info = engine_info(facts, "cpu")
+    assert info.device == "CPU (chosen in the settings) · TP=2: 2 processes over gloo"
+    assert info.tensor_parallel_size == 2 and info.gpus == ()  # torch sees no GPU here
+
+    dialog = SettingsDialog(asdict(AppSettings()), gpus=info.gpus)
+    qtbot.addWidget(dialog)
+    devices = dialog.tp_devices
+    assert "CPU: 1 process over gloo" in devices.text()
+    dialog.tp_size.setValue(2)
+    assert "CPU: 2 processes over gloo" in devices.text()
+    fields = AppSettings(**dialog.values()).engine_config_fields()
+    assert fields["tensor_parallel_size"] == 2
+    gpu_dialog = SettingsDialog(asdict(AppSettings()), gpus=("cuda:0 A", "cuda:1 B"))
+    qtbot.addWidget(gpu_dialog)
+    gpu_dialog.tp_size.setValue(4)
+    assert gpu_dialog.tp_devices.text() == "GPUs: cuda:0 A; cuda:1 B. 4 ranks need 4 GPUs: only 2 here"

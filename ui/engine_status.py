@@ -52,13 +52,15 @@ class EngineStatus:
         self.model.setText(f"Loading {model}…")
 
     def show_ready(self, model: str, device: str, backend: str, kv_tokens: int,
-                   max_model_len: int, *, model_path: str = "") -> None:  # fmt: skip
-        """`model_path`: how the engine runs it, "native Llama" or "generic (transformers X)"."""
+                   max_model_len: int, *, model_path: str = "", ranks: int = 1) -> None:  # fmt: skip
+        """`model_path`: how the engine runs it, "native Llama" or "generic (transformers X)".
+        `ranks` > 1: tensor parallelism; every rank holds these blocks (its own KV heads)."""
         self.progress.hide()
         self.model.setText(f"Model: {model}" + (f" · {model_path}" if model_path else ""))
         self.device.setText(f"Device: {device}")
         self.backend.setText(f"Attention: {backend}")
-        self.kv.setText(f"KV cache: {kv_tokens:,} tokens")
+        per_rank = f" per rank ×{ranks}" if ranks > 1 else ""
+        self.kv.setText(f"KV cache: {kv_tokens:,} tokens{per_rank}")
         self.kv.setToolTip(f"context per conversation: {max_model_len:,} tokens")
 
     def show_failed(self, message: str) -> None:

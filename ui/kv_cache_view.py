@@ -148,7 +148,11 @@ class KVNumbers(QFrame):
         cached_tokens = int(snap.num_filled[cached].sum())  # not in kv_metrics (yet)
         waste = kv_metrics.internal_waste_tokens(snap)
         rate = kv_metrics.prefix_hit_rate(snap)
-        memory = f" · {format_bytes(counts.capacity_tokens * per_token)}" if per_token else ""
+        # Tensor parallelism: each rank holds these blocks over its own KV heads.
+        ranks = snap.tensor_parallel_size
+        per_rank = f" per rank ×{ranks}" if ranks > 1 else ""
+        memory = (f" · {format_bytes(counts.capacity_tokens * per_token)}{per_rank}"
+                  if per_token else "")  # fmt: skip
         used = f"{plural(counts.used, 'block')} · {plural(counts.used_tokens, 'token')}"
         cached_text = f"{plural(counts.cached, 'block')} · {plural(cached_tokens, 'token')}"
         texts = {
@@ -156,7 +160,7 @@ class KVNumbers(QFrame):
             "kvCachedLabel": cached_text,
             "kvFreeLabel": f"{plural(counts.free, 'block')} · {plural(counts.free * bs, 'slot')}",
             "kvCapacityLabel": f"{plural(counts.capacity_tokens, 'token')}{memory}",
-            "kvBytesPerTokenLabel": format_bytes(per_token) if per_token else "unknown",
+            "kvBytesPerTokenLabel": format_bytes(per_token) + per_rank if per_token else "unknown",
             "kvWasteLabel": plural(waste, "token")
                             + (f" · {format_bytes(waste * per_token)}" if per_token else ""),
             "kvWindowWasteLabel": kv_metrics.window_waste(snap).describe(),

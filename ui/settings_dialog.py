@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from PySide6.QtCore import Signal
@@ -18,7 +19,10 @@ MIB = 2**20
 class SettingsDialog(QDialog):
     applied = Signal(dict)  # the same keys as the dict given to the constructor
 
-    def __init__(self, values: dict[str, Any], parent: QWidget | None = None):
+    def __init__(self, values: dict[str, Any], parent: QWidget | None = None,
+                 gpus: Sequence[str] = ()):  # fmt: skip
+        """`gpus`: the CUDA devices torch sees (app/device_info.list_gpus), listed beside
+        the tensor-parallel size; none: the ranks are CPU processes over gloo."""
         super().__init__(parent)
         self.setObjectName("settingsDialog")
         self.setWindowTitle("pagedesk settings")
@@ -35,6 +39,14 @@ class SettingsDialog(QDialog):
         self.block_size = self._combo("settingsBlockSize", {str(b): str(b) for b in BLOCK_SIZES},
                                       str(values["block_size"]))  # fmt: skip
         self.max_seqs = self._spin("settingsMaxSeqs", 1, 1024, values["max_num_seqs"])
+        self.gpus = tuple(gpus)
+        self.tp_size = self._spin("settingsTensorParallel", 1, max(8, len(self.gpus)),
+                                  values.get("tensor_parallel_size", 1))  # fmt: skip
+        self.tp_devices = QLabel(self)
+        self.tp_devices.setObjectName("settingsTensorParallelDevices")
+        self.tp_devices.setWordWrap(True)
+        self.tp_size.valueChanged.connect(self._describe_ranks)
+        self._describe_ranks(self.tp_size.value())
         self.theme = self._combo("settingsTheme", THEMES, values["theme"])
         self.port = self._spin("settingsServerPort", 1024, 65535, values["server_port"])
         self.api_key = QLineEdit(values["server_api_key"], self)
@@ -51,6 +63,8 @@ class SettingsDialog(QDialog):
         form.addRow("GPU memory fraction", self.gpu_fraction)
         form.addRow("Block size (tokens)", self.block_size)
         form.addRow("Max concurrent sequences", self.max_seqs)
+        form.addRow("Tensor-parallel size", self.tp_size)
+        form.addRow("", self.tp_devices)
         form.addRow("Theme", self.theme)
         form.addRow("Server port (127.0.0.1)", self.port)
         form.addRow("Server API key", self.api_key)
@@ -64,6 +78,18 @@ class SettingsDialog(QDialog):
         layout.addLayout(form)
         layout.addWidget(note)
         layout.addWidget(buttons)
+
+    def _describe_ranks(self, n: int) -> None:
+        """Where N ranks would run: the GPUs listed, or CPU processes over gloo."""
+        if not self.gpus:
+            text = f"No GPU seen by torch. CPU: {n} process{'es' if n > 1 else ''} over gloo"
+            if n > 1:
+                text += " (a correctness path, not a speed-up on a few cores)"
+        else:
+            text = "GPUs: " + "; ".join(self.gpus)
+            if n > len(self.gpus):
+                text += f". {n} ranks need {n} GPUs: only {len(self.gpus)} here"
+        self.tp_devices.setText(text)
 
     def _spin(self, name: str, low: int, high: int, value: int) -> QSpinBox:
         box = QSpinBox(self)
@@ -88,6 +114,7 @@ class SettingsDialog(QDialog):
             "gpu_memory_fraction": round(self.gpu_fraction.value(), 3),
             "block_size": int(self.block_size.currentData()),
             "max_num_seqs": self.max_seqs.value(),
+            "tensor_parallel_size": self.tp_size.value(),
             "theme": self.theme.currentData(),
             "server_port": self.port.value(),
             "server_api_key": self.api_key.text(),
