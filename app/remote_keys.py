@@ -16,9 +16,18 @@ SERVICE = "pagedesk-remote"  # the keyring's service name; the username is the e
 
 class KeyStore:
     def __init__(self, backend=None):
-        """`backend`: a keyring backend (tests); default: keyring's own choice."""
+        """`backend`: a keyring backend (tests); default: keyring's own choice, made on
+        first use (importing keyring and asking the OS costs ~0.1 s: not at start-up)."""
         self._memory: dict[str, str] = {}
-        self._keyring = _usable_keyring(backend)
+        self._backend = backend
+        self._chosen = False
+        self._found = None
+
+    @property
+    def _keyring(self):
+        if not self._chosen:
+            self._found, self._chosen = _usable_keyring(self._backend), True
+        return self._found
 
     @property
     def persistent(self) -> bool:

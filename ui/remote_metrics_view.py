@@ -13,6 +13,7 @@ from collections import deque
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QFrame, QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from ui.remote_types import RemoteMetrics
@@ -61,8 +62,16 @@ class RemoteMetricsView(_Rows):
         self.chart.getAxis("left").setWidth(52)  # as the charts below: one left edge
         self.chart.setToolTip("Each remote's generation tokens per second: the growth of "
                               "vllm:generation_tokens between two reads of its /metrics.")
-        self.chart.setBackground(self.palette().color(self.backgroundRole()))
         self.box.addWidget(self.chart)
+
+    def apply_palette(self, base: QColor, text: QColor, muted: QColor) -> None:
+        """The chart in the throughput panel's colours (light or dark)."""
+        self.chart.setBackground(base)
+        axis = self.chart.getAxis("left")
+        axis.setPen(muted)
+        axis.setTextPen(text)
+        self.chart.getAxis("bottom").setPen(muted)
+        self.chart.getAxis("bottom").setTextPen(text)
 
     def set_metrics(self, m: RemoteMetrics) -> None:
         self.latest[m.url] = m

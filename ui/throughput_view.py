@@ -258,6 +258,7 @@ class ThroughputView(QWidget):
         pal = self.palette()
         base, text = pal.color(QPalette.ColorRole.Base), pal.color(QPalette.ColorRole.Text)
         muted = QColor(pal.color(QPalette.ColorRole.PlaceholderText))
+        self.remote.apply_palette(base, text, muted)
         for chart, plot in zip(CHARTS, self.plots, strict=True):
             plot.setBackground(base)
             plot.setTitle(chart.title_html(), size="8pt", color=text.name())
