@@ -5,7 +5,8 @@
 # (against the tests' local fake Hub: this machine cannot reach the real one) to
 # docs/models-*.png (the folder of it). `--only models|panels|window|window-waste` takes one of them (the last: the KV
 # panel on a sliding-window model, docs/panel-kv-window.png); `remote`: a local and a remote
-# pane side by side, the remote being `pagedesk serve` (docs/screenshots/remote-session.png).
+# pane side by side, the remote being `pagedesk serve` (docs/screenshots/remote-session.png);
+# `tp`: the tensor-parallel setting and a TP=2 engine's KV panel (docs/screenshots/tp-*.png).
 # Installs Xvfb and the X libraries Qt's xcb platform needs when they are missing; note that
 # Qt blames xcb-cursor0 when libxcb-icccm4 or libxcb-keysyms1 is what is missing.
 set -euo pipefail
@@ -32,4 +33,5 @@ if shot window; then .venv/bin/python scripts/screenshot.py "$out"; fi
 if shot panels; then .venv/bin/python scripts/screenshot_panels.py "$(dirname "$out")"; fi
 if shot models; then .venv/bin/python scripts/screenshot_models.py "$(dirname "$out")"; fi
 if shot window-waste; then .venv/bin/python scripts/screenshot_window_waste.py "$(dirname "$out")"; fi
+if shot tp; then .venv/bin/python scripts/screenshot_tensor_parallel.py "$(dirname "$out")/screenshots"; fi
 if shot remote; then .venv/bin/python scripts/screenshot_remote.py "$(dirname "$out")/screenshots/remote-session.png"; fi
