@@ -240,6 +240,13 @@ def test_local_and_remote_panes_stream_at_once_with_send_to_all(qloop, tiny_mode
     usage, mine = remote.pane.gauge.bar.usage, local.pane.gauge.bar.usage
     assert (usage.limit, usage.reply) == (CONTEXT, 120)
     assert usage.system + usage.history == mine.system + mine.history > 0
+    # Seeded sampling maps too: temperature, top_p, top_k and seed give the local engine's
+    # own sampled reply
+    for chat in (local, remote):
+        long_replies(chat, max_tokens=40, temperature=1.0, top_p=0.9, top_k=20, seed=7)
+    run(qloop, asyncio.gather(*ctrl.broadcast("Now something random")), 60)
+    assert last_reply(remote).content == last_reply(local).content
+    assert last_reply(remote).stats["tokens"] == 40
     # Regenerate on the remote gives a fresh reply in place of the old one
     before = len(remote.store.messages(remote.session_id))
     run(qloop, remote.regenerate(), 60)
@@ -247,11 +254,12 @@ def test_local_and_remote_panes_stream_at_once_with_send_to_all(qloop, tiny_mode
     assert last_reply(remote).status == "complete"
     # The throughput panel shows the remote's /metrics; the KV panel says what it cannot show
     view = ctrl.learner.throughput.remote
+    generated = _counter(server, "vllm:generation_tokens")  # the server's own, all done
+    assert generated >= 120 + 40 + 40
     run(qloop, until(lambda: (view.latest.get(server.url) is not None
-                              and view.latest[server.url].generation_tokens >= 240), 10,
+                              and view.latest[server.url].generation_tokens == generated), 10,
                      "the remote's metrics"))  # fmt: skip
     shown = view.latest[server.url]
-    assert shown.generation_tokens == pytest.approx(_counter(server, "vllm:generation_tokens"))
     assert shown.running == 0 and shown.kv_usage is not None
     assert "running 0" in view.rows[server.url].text() and view.isVisibleTo(view.parent())
     _, rates = view.curve_data(server.url)  # the chart: generation tok/s, >0 while it streamed
