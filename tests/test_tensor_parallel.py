@@ -382,3 +382,54 @@ def test_engine_info_and_settings_dialog_offer_tensor_parallelism(qtbot):
     qtbot.addWidget(gpu_dialog)
     gpu_dialog.tp_size.setValue(4)
     assert gpu_dialog.tp_devices.text() == "GPUs: cuda:0 A; cuda:1 B. 4 ranks need 4 GPUs: only 2 here"
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_each_rank_loads_exactly_its_rows_of_the_checkpoint(kv_heads, random_llama, llama_one_kv_head):
+    """Rank 1 of 2, built in this process (no collective runs while loading): every
+    parameter holds exactly its part of the checkpoint tensor, read independently here
+    with safetensors: q rows of heads 2-3, k/v rows of its KV head (the only one, copied,
+    when there is one), columns of o_proj / down_proj, its half of gate and up, vocab rows
+    130-258 of 259 (the last row padding)."""
+    from safetensors.torch import load_file
+
+    from engine.distributed.parallel_state import building_for
+    from engine.model_loader import load_model
+
+    model_dir = random_llama if kv_heads == 2 else llama_one_kv_head
+    full = load_file(str(model_dir / "model.safetensors"))
+    with building_for(_OneRankOfTwo(1)):
+        model = load_model(str(model_dir), dtype=torch.float32, device=torch.device("cpu")).model
+    d, kv = 32, 1 if kv_heads == 2 else 0  # rank 1's KV head: 1 of 2, or the only one
+    attn = model.model.layers[0].self_attn
+    qkv = torch.cat((full["model.layers.0.self_attn.q_proj.weight"][2 * d : 4 * d],
+                     full["model.layers.0.self_attn.k_proj.weight"][kv * d : (kv + 1) * d],
+                     full["model.layers.0.self_attn.v_proj.weight"][kv * d : (kv + 1) * d]))  # fmt: skip
+    assert torch.equal(attn.qkv_proj.weight, qkv)
+    assert torch.equal(attn.o_proj.weight, full["model.layers.0.self_attn.o_proj.weight"][:, 2 * d :])
+    mlp, inter = model.model.layers[0].mlp, 256 // 2
+    gate_up = torch.cat((full["model.layers.0.mlp.gate_proj.weight"][inter:],
+                         full["model.layers.0.mlp.up_proj.weight"][inter:]))  # fmt: skip
+    assert torch.equal(mlp.gate_up_proj.weight, gate_up)
+    assert torch.equal(mlp.down_proj.weight, full["model.layers.0.mlp.down_proj.weight"][:, inter:])
+    embed = model.model.embed_tokens
+    assert (embed.start, embed.stop, embed.weight.shape[0]) == (130, 259, 130)
+    assert torch.equal(embed.weight[:129], full["model.embed_tokens.weight"][130:])
+    assert torch.equal(model.lm_head.weight[:129], full["lm_head.weight"][130:])
+    norm = full["model.layers.0.input_layernorm.weight"]
+    assert torch.equal(model.model.layers[0].input_layernorm.weight, norm)  # replicated
+
+
+def test_cuda_ranks_get_nccl_and_one_gpu_each():
+    """What can be checked without a GPU (tests/gpu/test_tensor_parallel_gpu.py runs the
+    real thing): CUDA means NCCL and rank r on cuda:r; the CPU means gloo."""
+    from engine.distributed.executor import rank_device
+    from engine.distributed.parallel_state import backend_for
+
+    assert backend_for(torch.device("cuda", 0)) == "nccl"
+    assert backend_for(torch.device("cpu")) == "gloo"
+    assert [rank_device(torch.device("cuda", 0), r) for r in range(3)] == ["cuda:0", "cuda:1", "cuda:2"]
+    assert rank_device(torch.device("cpu"), 1) == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            EngineConfig(device="cuda", tensor_parallel_size=2).resolve_device()

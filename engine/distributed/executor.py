@@ -90,7 +90,7 @@ class TensorParallelExecutor:
     def _spawn(self, port: int) -> None:
         ctx = multiprocessing.get_context("spawn")
         for rank in range(1, self.world_size):
-            device = f"cuda:{rank}" if self.device.type == "cuda" else "cpu"
+            device = rank_device(self.device, rank)
             args = WorkerArgs(
                 rank, self.world_size, port, self.config.model, str(self.dtype).split(".")[-1],
                 device, self.config.block_size, self.config.attention_backend,
@@ -221,6 +221,11 @@ class TensorParallelExecutor:
     @property
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self.processes]
+
+
+def rank_device(device: torch.device, rank: int) -> str:
+    """Where rank `rank` runs: cuda:rank on CUDA (one GPU each), else the CPU."""
+    return f"cuda:{rank}" if device.type == "cuda" else "cpu"
 
 
 def _receive(conn):

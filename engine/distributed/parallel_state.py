@@ -111,7 +111,7 @@ def form_group(
     timeout = datetime.timedelta(seconds=timeout_s)
     cpu_group = dist.ProcessGroupGloo(dist.PrefixStore("gloo", store), rank, world_size, timeout)
     device_group = cpu_group
-    if device.type == "cuda":
+    if backend_for(device) == "nccl":
         # Prepared without a GPU to try it on: NCCL for tensors on cuda:rank.
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timeout
