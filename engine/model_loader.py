@@ -332,7 +332,8 @@ def _read_safetensors_into(
             for name, entry in header.items():
                 cut = model.checkpoint_slice(name) if hasattr(model, "checkpoint_slice") else None
                 if cut is not None:
-                    yield name, slices.read(name, cut)
+                    if model.param_view(name) is not None:  # not a tied head's copy
+                        yield name, slices.read(name, cut)
                     continue
                 dtype, shape = _SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"])
                 begin, end = entry["data_offsets"]

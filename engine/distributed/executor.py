@@ -52,6 +52,7 @@ class TensorParallelExecutor:
         self.processes: list[multiprocessing.Process] = []
         self.conns: list = []
         self.group: TPGroup | None = None
+        self._store = None  # the rendezvous TCPStore: kept alive as long as the group
         self.worker_parameter_bytes: list[int] = []
         self._closed = False
 
