@@ -44,11 +44,12 @@ def _gone(pid: int, within: float = 5.0) -> bool:
 
 @pytest.fixture(scope="module")
 def llama_one_kv_head(tmp_path_factory):
-    """4 query heads sharing 1 KV head: 2 ranks cannot split it, each holds a copy."""
+    """4 query heads sharing 1 KV head: 2 ranks cannot split it, each holds a copy. With
+    biases on q/k/v (column-parallel: split) and o_proj (row-parallel: added once)."""
     from model_factory import make_random_llama
 
     return make_random_llama(tmp_path_factory.mktemp("tp") / "kv1", num_heads=4,
-                             num_kv_heads=1, head_dim=32, num_layers=2)  # fmt: skip
+                             num_kv_heads=1, head_dim=32, num_layers=2, attention_bias=True)  # fmt: skip
 
 
 def _tp_engine(model, **fields) -> LLMEngine:
@@ -90,7 +91,8 @@ def test_each_rank_holds_about_half_the_parameters(bundled_tp2, default_loaded):
 def test_random_gqa_llama_greedy_tokens_equal_tp1_and_shutdown_leaves_no_worker(
     which, random_llama, llama_one_kv_head
 ):
-    """4 query heads over 2 KV heads (one each) and over 1 KV head (a copy each). Releasing
+    """4 query heads over 2 KV heads (one each) and over 1 KV head (a copy each; with
+    attention biases). Releasing
     the engine (what AsyncEngine.shutdown does) stops its worker: the pid is gone."""
     model = str(random_llama if which == "kv_heads_divide" else llama_one_kv_head)
     prompts = ["hello world", "the quick brown fox jumps", "a"]
@@ -407,6 +409,12 @@ def test_each_rank_loads_exactly_its_rows_of_the_checkpoint(kv_heads, random_lla
                      full["model.layers.0.self_attn.v_proj.weight"][kv * d : (kv + 1) * d]))  # fmt: skip
     assert torch.equal(attn.qkv_proj.weight, qkv)
     assert torch.equal(attn.o_proj.weight, full["model.layers.0.self_attn.o_proj.weight"][:, 2 * d :])
+    if kv_heads == 1:  # this one has attention biases: q/k/v's split, o_proj's whole
+        bias = torch.cat((full["model.layers.0.self_attn.q_proj.bias"][2 * d : 4 * d],
+                          full["model.layers.0.self_attn.k_proj.bias"],
+                          full["model.layers.0.self_attn.v_proj.bias"]))  # fmt: skip
+        assert torch.equal(attn.qkv_proj.bias, bias)
+        assert torch.equal(attn.o_proj.bias, full["model.layers.0.self_attn.o_proj.bias"])
     mlp, inter = model.model.layers[0].mlp, 256 // 2
     gate_up = torch.cat((full["model.layers.0.mlp.gate_proj.weight"][inter:],
                          full["model.layers.0.mlp.up_proj.weight"][inter:]))  # fmt: skip
