@@ -19,7 +19,9 @@ class EngineConfig:
     enforce_eager: never capture CUDA graphs for decode steps (engine/cuda_graphs.py);
     they are only ever captured on CUDA with the Triton backend.
     pack_cpu_weights: on the CPU, reorder float32 linear weights once into oneDNN's blocked
-    layout (engine/models/layers.py `pack_cpu_linears`); False keeps them plain matrices.
+    layout (engine/models/layers.py `pack_cpu_linears`), and keep a packed copy of a tied LM
+    head beside the embedding (as vLLM does; costs the embedding's size again); False keeps
+    them plain matrices.
     tensor_parallel_size: shard the model over N processes (engine/distributed/): on CUDA
     one GPU each (rank r on cuda:r, NCCL), on the CPU N processes over gloo. They meet on
     127.0.0.1 at distributed_port (None: a free port); forming the group, and any one

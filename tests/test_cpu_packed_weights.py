@@ -79,3 +79,29 @@ def test_engine_packs_by_default_and_greedy_tokens_match_unpacked(random_llama):
         outs = llm.generate(prompts, params)
         runs[pack] = [o.outputs[0].token_ids for o in outs]
     assert runs[True] == runs[False]
+
+
+def test_a_tied_head_gets_a_packed_copy_and_the_same_logits(tmp_path, random_llama):
+    from model_factory import make_random_llama
+
+    tied_dir = make_random_llama(tmp_path / "tied", num_heads=4, num_kv_heads=2, head_dim=32,
+                                 num_layers=2, tie_word_embeddings=True)  # fmt: skip
+    prompts = [[1, 5, 9, 2], list(range(3, 40))]
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    runs = {}
+    for pack in (True, False):
+        llm = LLM(str(tied_dir), pack_cpu_weights=pack, num_kv_blocks=64)
+        model = llm.engine.runner.model
+        assert (model.packed_tied_head is not None) == pack
+        if pack:  # the embedding stays a plain matrix for lookups; the copy reads back equal
+            embedding = model.embedding().weight
+            assert not embedding.is_mkldnn and model.packed_tied_head.is_mkldnn
+            hidden = torch.randn(5, embedding.shape[1])
+            torch.testing.assert_close(model.compute_logits(hidden), F.linear(hidden, embedding),
+                                       rtol=1e-5, atol=1e-4)  # fmt: skip
+            assert model.pack_tied_head() is False  # once only
+        runs[pack] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    assert runs[True] == runs[False]
+    # An untied head is an ordinary packed Linear: no copy.
+    untied = LLM(str(random_llama), num_kv_blocks=64).engine.runner.model
+    assert untied.packed_tied_head is None and untied.lm_head.packed

@@ -21,7 +21,7 @@ from torch import nn
 
 from engine.attention import AttentionMetadata
 from engine.distributed.parallel_state import current_group
-from engine.models.layers import KVCache, Linear, linear
+from engine.models.layers import KVCache, Linear, linear, packable, packed_linear, packed_weight
 
 
 class CheckpointSlice(NamedTuple):
@@ -89,6 +89,21 @@ class PagedCausalLM(nn.Module):
         # to keep tied through meta -> to_empty).
         self.lm_head = None if self.tie_word_embeddings else self._make_lm_head()
         self.final_logit_softcap: float | None = None
+        self.packed_tied_head: torch.Tensor | None = None  # see pack_tied_head
+
+    def pack_tied_head(self) -> bool:
+        """Keep a copy of a tied head's matrix in oneDNN's blocked layout beside the
+        embedding (which lookups need plain), as vLLM's CPU build does for tied heads: the
+        head is the largest matmul of a small model (SmolLM2: 113 MB of its 540), and packed
+        it is ~25% faster at 16 rows. Costs that much memory again. False where not tied,
+        sharded, not float32 on the CPU, or already packed."""
+        weight = self.embedding().weight
+        if self.lm_head is not None or self.tp.is_parallel or self.packed_tied_head is not None:
+            return False
+        if not packable(weight):
+            return False
+        self.packed_tied_head = packed_weight(weight)
+        return True
 
     def _make_lm_head(self) -> Linear:
         if not self.tp.is_parallel:
@@ -137,6 +152,8 @@ class PagedCausalLM(nn.Module):
             logits = parallel_logits(hidden, weight, self.config.vocab_size, self.tp, self.lm_head)
             if logits is None:
                 return None
+        elif self.packed_tied_head is not None:
+            logits = packed_linear(hidden, self.packed_tied_head, self.embedding().weight.shape[0])
         elif self.lm_head is None:
             logits = linear(hidden, self.embedding().weight).float()
         else:

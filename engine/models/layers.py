@@ -16,6 +16,7 @@ from torch import nn
 
 import kernels
 from engine.attention import AttentionMetadata
+from kernels import cpu_fused_ops
 from kernels.reference import store_kv_torch, unified_attention_torch
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -107,9 +108,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
-            flat = x.reshape(-1, self.in_features)
-            out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
-            return out.view(*x.shape[:-1], self.out_features)
+            return packed_linear(x, self.weight, self.out_features, self.bias)
         return linear(x, self.weight, self.bias)
 
 
@@ -136,13 +135,32 @@ def pack_cpu_linears(model: nn.Module) -> int:
     packed = 0
     for m in linears:
         w = m.weight
-        if m.packed or owners[id(w)] > 1 or w.device.type != "cpu" or w.dtype != torch.float32:
+        if m.packed or owners[id(w)] > 1 or not packable(w):
             continue
-        reordered = torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS_HINT)
-        m.weight = nn.Parameter(reordered, requires_grad=False)  # an opaque mkldnn tensor
+        m.weight = nn.Parameter(packed_weight(w), requires_grad=False)
         m.packed = True
         packed += 1
     return packed
+
+
+def packable(weight: torch.Tensor) -> bool:
+    return (_ONEDNN and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and weight.device.type == "cpu" and weight.dtype == torch.float32)  # fmt: skip
+
+
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` ([out, in], float32, CPU) reordered into oneDNN's blocked layout for
+    PACK_ROWS_HINT rows: an opaque mkldnn tensor only `packed_linear` reads."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
+
+
+def packed_linear(
+    x: torch.Tensor, weight: torch.Tensor, out_features: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [..., in] @ a `packed_weight` (+ bias) -> [..., out_features]."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
+    return out.view(*x.shape[:-1], out_features)
 
 
 class Embedding(nn.Embedding):
@@ -172,6 +190,14 @@ def activation(name: str):
     return ACT2FN[name]
 
 
+def fused_cpu_ops(x: torch.Tensor):
+    """The compiled fused ops (kernels/cpu_fused_ops.py) where they serve x: float32 or
+    bfloat16 on the CPU, and the build loaded. None: use torch's ops."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return cpu_fused_ops.load()
+
+
 # ---------------------------------------------------------------------------- norms
 class RMSNorm(nn.Module):
     """RMSNorm with the residual add fused in: returns (normed, new residual).
@@ -190,6 +216,9 @@ class RMSNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        ops = None if self.zero_centred else fused_cpu_ops(x)
+        if ops is not None and x.dim() == 2 and x.is_contiguous() and self.weight.dtype == x.dtype:
+            return tuple(ops.add_rms_norm(x, residual, self.weight, self.eps))
         if residual is not None:
             x = x + residual
         return self.norm(x), x
@@ -294,6 +323,9 @@ class RotaryEmbedding(nn.Module):
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Neox / HF "rotate_half" RoPE on x: [T, heads, head_dim] -> a new contiguous tensor.
     Lanes past 2 * cos.shape[-1] (partial rotary) pass through unchanged."""
+    ops = fused_cpu_ops(x)
+    if ops is not None and x.dim() == 3 and cos.dtype == x.dtype and x.stride(-1) == 1:
+        return ops.rope_neox(x, cos, sin)
     rot = 2 * cos.shape[-1]
     x_rot, x_pass = x[..., :rot], x[..., rot:]
     x1, x2 = x_rot.chunk(2, dim=-1)
@@ -381,10 +413,14 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.intermediate_size = intermediate_size
         self.act = activation(act)
+        self.silu = act in ("silu", "swish")  # SwiGLU: a fused op on the CPU
         self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=bias)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
+        ops = fused_cpu_ops(gate_up) if self.silu else None
+        if ops is not None and gate_up.dim() == 2 and gate_up.stride(-1) == 1:
+            return self.down_proj(ops.silu_and_mul(gate_up))
         act = self.act(gate_up[:, : self.intermediate_size])
         return self.down_proj(act.mul_(gate_up[:, self.intermediate_size :]))

@@ -144,6 +144,7 @@ class ParallelGatedMLP(GatedMLP):
                                  "intermediate_size")  # fmt: skip
         self.intermediate_size = local = stop - start
         self.act = activation(act)
+        self.silu = act in ("silu", "swish")
         self.gate_up_proj = ColumnParallelLinear(hidden_size, 2 * local, bias, group)
         self.down_proj = RowParallelLinear(local, hidden_size, bias, group)
 
