@@ -46,15 +46,17 @@ void add_rms_norm_impl(const at::Tensor& x, const at::Tensor* residual, const at
     std::vector<float> sum(H);
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* xr = xp + r * H;
-      float squares = 0.f;
+      // Summed in double: a float sum taken in order drifts by ~sqrt(H) ulp, more than
+      // torch's vectorised one; the double sum stays below either's rounding.
+      double squares = 0.0;
       for (int64_t i = 0; i < H; ++i) {
         // The sum rounded to the dtype first: transformers adds the residual in the dtype.
         const scalar_t s = rp ? round_to<scalar_t>(static_cast<float>(xr[i]) + static_cast<float>(rp[r * H + i])) : xr[i];
         if (np) np[r * H + i] = s;
         sum[i] = static_cast<float>(s);
-        squares += sum[i] * sum[i];
+        squares += static_cast<double>(sum[i]) * sum[i];
       }
-      const float inv = 1.f / std::sqrt(squares / static_cast<float>(H) + static_cast<float>(eps));
+      const float inv = static_cast<float>(1.0 / std::sqrt(squares / static_cast<double>(H) + eps));
       scalar_t* o = op + r * H;
       for (int64_t i = 0; i < H; ++i)
         o[i] = round_to<scalar_t>(static_cast<float>(round_to<scalar_t>(sum[i] * inv)) * static_cast<float>(wp[i]));
