@@ -45,6 +45,33 @@ def threads(request):
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def cpu_kernel_switch(monkeypatch):
+    """switch(module, "1" | "0"): set a compiled CPU kernel's env switch (kernels'
+    cpu_decode_attention, cpu_fused_ops) and make its `load()` obey it, through the real code.
+
+    "0" swaps in a fresh cache of the same function, so the process's cached build is kept and
+    comes back after the test. Clearing the real cache instead made the next `load()` call
+    torch's load_inline a second time for the same name, which re-versions it (`name_v1`) and
+    recompiles the kernel from scratch (about a minute per call, and once more in the next
+    process that wants the unversioned build): torch appends to the extra_ldflags list it is
+    given, so the second call's build arguments differ."""
+    import functools
+
+    real = {}
+
+    def switch(module, value: str) -> None:
+        monkeypatch.setenv(module.ENV_SWITCH, value)
+        real.setdefault(module, module.load)
+        if value == "0":
+            fresh = functools.lru_cache(maxsize=1)(real[module].__wrapped__)
+            monkeypatch.setattr(module, "load", fresh)
+        else:
+            monkeypatch.setattr(module, "load", real[module])
+
+    return switch
+
+
 @pytest.fixture(scope="session")
 def random_llama(tmp_path_factory) -> Path:
     """A small random-weight Llama (2 layers, 4 heads of 32, 2 KV heads, byte tokenizer)."""

@@ -80,17 +80,15 @@ def test_kernel_refuses_what_it_cannot_read(kernel):
         kernel(b.q.double(), b.k_cache, b.v_cache, b.block_tables, b.seq_lens, 0.25, 0, 0.0)
 
 
-def test_engine_decodes_through_the_kernel_unless_switched_off(monkeypatch, random_llama):
+def test_engine_decodes_through_the_kernel_unless_switched_off(cpu_kernel_switch, random_llama):
     from engine import LLM, SamplingParams
 
     params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
     prompts = [[3, 8, 1, 9], list(range(2, 50))]
     runs = {}
     for switch in ("1", "0"):
-        monkeypatch.setenv(cpu_decode_attention.ENV_SWITCH, switch)
-        cpu_decode_attention.load.cache_clear()
+        cpu_kernel_switch(cpu_decode_attention, switch)
         llm = LLM(str(random_llama), num_kv_blocks=64)
         assert (llm.engine.runner.decode_kernel is not None) == (switch == "1")
         runs[switch] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
-    cpu_decode_attention.load.cache_clear()
     assert runs["1"] == runs["0"]

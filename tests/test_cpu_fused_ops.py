@@ -161,17 +161,15 @@ def test_bad_arguments_are_refused_with_a_message(ops, call, message):
         call(ops)
 
 
-def test_engine_tokens_equal_with_and_without_the_fused_ops(monkeypatch, random_llama):
+def test_engine_tokens_equal_with_and_without_the_fused_ops(cpu_kernel_switch, random_llama):
     from engine import LLM, SamplingParams
 
     params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
     prompts = [[3, 8, 1, 9], list(range(2, 50))]
     runs = {}
     for switch in ("1", "0"):
-        monkeypatch.setenv(cpu_fused_ops.ENV_SWITCH, switch)
-        cpu_fused_ops.load.cache_clear()
+        cpu_kernel_switch(cpu_fused_ops, switch)
         assert (cpu_fused_ops.load() is not None) == (switch == "1")
         llm = LLM(str(random_llama), num_kv_blocks=64)
         runs[switch] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
-    cpu_fused_ops.load.cache_clear()
     assert runs["1"] == runs["0"]
