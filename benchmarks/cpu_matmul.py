@@ -7,7 +7,11 @@ every method). For each row count M it times:
 
 - mkl:     F.linear in float32 (torch's default on the CPU: MKL's GEMM)
 - onednn:  torch.ops.mkldnn._linear_pointwise in float32 (what engine/models/layers.py uses)
-- onednn-packed16: the same on weights reordered once for 16 rows (not used by the engine yet)
+- onednn-packed16: the same on weights reordered once for 16 rows (the engine's float32
+  linears where pagedesk's own kernel does not load)
+- pagedesk-f32 / pagedesk-bf16: pagedesk's CPU linear (kernels/cpu_linear.py) on weights
+  packed once in blocks of 16 outputs, stored float32 / bfloat16; activations and arithmetic
+  float32 in both
 - bf16:    F.linear with bfloat16 weights and activations
 - vllm-onednn: vLLM's CPU linear (float32, weights prepacked once), only when run with
   the vLLM peer venv's python (`bash scripts/vllm_peer.sh` builds it)
@@ -17,14 +21,18 @@ and prints milliseconds per step of matmuls and each method's speed relative to 
     .venv/bin/python benchmarks/cpu_matmul.py               # M = 1, 4, 16, 64, 256
     .venv/bin/python benchmarks/cpu_matmul.py --rows 1,16 --repeat 5
     .venv-vllm/bin/python benchmarks/cpu_matmul.py --rows 1,16,64   # with vLLM's kernel
+
+(In the vLLM venv, pagedesk's own kernel is built against vLLM's torch, the same 2.13.)
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -73,12 +81,34 @@ def onednn_packed_linear(rows_hint: int = 16) -> Callable:
     return fn
 
 
+def pagedesk_linear(stored: torch.dtype) -> Callable | None:
+    """pagedesk's CPU linear on weights packed once (kernels/cpu_linear.py), stored in
+    `stored`; None where it does not load (no AVX2/FMA, no compiler)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from kernels import cpu_linear
+
+    if cpu_linear.load() is None:
+        return None
+    packed: dict[int, torch.Tensor] = {}
+
+    def fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        p = packed.get(id(w))
+        if p is None:
+            p = packed[id(w)] = cpu_linear.pack(w, stored)
+        return cpu_linear.linear(x, p, None, w.shape[0])
+
+    return fn
+
+
 METHODS: dict[str, tuple[torch.dtype, Callable]] = {
     "mkl": (torch.float32, F.linear),
     "onednn": (torch.float32, onednn_linear),
     "onednn-packed16": (torch.float32, onednn_packed_linear(16)),
     "bf16": (torch.bfloat16, F.linear),
 }
+for _name, _stored in (("pagedesk-f32", torch.float32), ("pagedesk-bf16", torch.bfloat16)):
+    if (_ours := pagedesk_linear(_stored)) is not None:
+        METHODS[_name] = (torch.float32, _ours)
 if (_vllm_linear := vllm_onednn_linear()) is not None:
     METHODS["vllm-onednn"] = (torch.float32, _vllm_linear)
 

@@ -9,6 +9,10 @@ import torch
 # On CPU the cache gets a fixed byte budget that sits comfortably next to the weights.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 
+CPU_WEIGHT_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+# checkpoint_precision.matrix_precision values that "auto" keeps in bfloat16.
+CPU_BF16_PRECISIONS = ("bfloat16", "quantized")
+
 
 @dataclass(slots=True)
 class EngineConfig:
@@ -22,6 +26,11 @@ class EngineConfig:
     layout (engine/models/layers.py `pack_cpu_linears`), and keep a packed copy of a tied LM
     head beside the embedding (as vLLM does; costs the embedding's size again); False keeps
     them plain matrices.
+    cpu_weight_dtype: how packed CPU linears of a float32 model keep their weights:
+    "float32", or "bfloat16" (half the bytes, read in about half the time at decode;
+    activations, products and sums stay float32: kernels/cpu_linear.py). "auto": bfloat16
+    where the checkpoint's matrices are bfloat16 or quantized (it loses next to nothing
+    they had, engine/checkpoint_precision.py), float32 otherwise.
     tensor_parallel_size: shard the model over N processes (engine/distributed/): on CUDA
     one GPU each (rank r on cuda:r, NCCL), on the CPU N processes over gloo. They meet on
     127.0.0.1 at distributed_port (None: a free port); forming the group, and any one
@@ -43,6 +52,7 @@ class EngineConfig:
     seed: int = 0
     enforce_eager: bool = False
     pack_cpu_weights: bool = True
+    cpu_weight_dtype: str = "auto"
     tensor_parallel_size: int = 1
     distributed_port: int | None = None
     distributed_timeout_s: float = 60.0
@@ -66,6 +76,10 @@ class EngineConfig:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.cpu_weight_dtype not in CPU_WEIGHT_DTYPES:
+            raise ValueError(
+                f"cpu_weight_dtype must be one of {sorted(CPU_WEIGHT_DTYPES)}, got {self.cpu_weight_dtype!r}"
+            )
         self._check_tensor_parallel_fields()
 
     def _check_tensor_parallel_fields(self) -> None:
@@ -105,3 +119,11 @@ class EngineConfig:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32  # CPU matmuls are fastest and exact in fp32
+
+    def resolve_cpu_weight_dtype(self, checkpoint_precision: str | None) -> torch.dtype:
+        """The dtype packed CPU linears keep their weights in (see `cpu_weight_dtype`), for a
+        checkpoint of `checkpoint_precision` (engine/checkpoint_precision.py)."""
+        chosen = CPU_WEIGHT_DTYPES[self.cpu_weight_dtype]
+        if chosen is not None:
+            return chosen
+        return torch.bfloat16 if checkpoint_precision in CPU_BF16_PRECISIONS else torch.float32

@@ -19,7 +19,8 @@ from engine.bad_words import tokenize_bad_words
 from engine.config import EngineConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.kv_snapshot import KVSnapshot
-from engine.model_loader import LoadedModel, check_tensor_parallel_model, load_model
+from engine.checkpoint_precision import matrix_precision
+from engine.model_loader import LoadedModel, check_tensor_parallel_model, load_model, resolve_model
 from engine.model_runner import ModelRunner
 from engine.models import model_path_of
 from engine.models.layers import sliding_window_of
@@ -57,6 +58,7 @@ class LLMEngine:
             self.runner = ModelRunner(
                 self.loaded.model, self.loaded.hf_config, config, self.device, self.dtype,
                 model_len, self.attention_backend, self.tp_executor,
+                cpu_weight_dtype=self._cpu_weight_dtype(self.loaded.source_path),
             )
         except BaseException:
             if self.tp_executor is not None:
@@ -89,6 +91,14 @@ class LLMEngine:
         self._latencies: tuple[list[float], list[float]] = ([], [])  # this step's TTFT, ITL
         self._log_capacity()
 
+    def _cpu_weight_dtype(self, source) -> torch.dtype:
+        """How the CPU's packed linears keep their weights (EngineConfig.cpu_weight_dtype);
+        float32 off the CPU, where nothing is packed."""
+        if self.device.type != "cpu":
+            return torch.float32
+        precision = matrix_precision(source) if self.config.cpu_weight_dtype == "auto" else None
+        return self.config.resolve_cpu_weight_dtype(precision)
+
     def _load_tensor_parallel(self, loaded: LoadedModel | None) -> LoadedModel:
         """Start the workers, then load rank 0's shard while they load theirs; the model
         the runner drives is rank 0's TensorParallelModel (engine/distributed/)."""
@@ -101,7 +111,8 @@ class LLMEngine:
                 "in EngineConfig.model, not a model already loaded whole"
             )
         check_tensor_parallel_model(self.config.model, self.config.tensor_parallel_size)
-        executor = TensorParallelExecutor.start(self.config, self.device, self.dtype)
+        stored = self._cpu_weight_dtype(resolve_model(self.config.model)[1])
+        executor = TensorParallelExecutor.start(self.config, self.device, self.dtype, stored)
         try:
             with building_for(executor.group):
                 result = load_model(self.config.model, dtype=self.dtype, device=self.device)

@@ -114,15 +114,21 @@ class ModelRunner:
         max_model_len: int,
         attention_backend: str,
         tp_executor=None,
+        *,
+        cpu_weight_dtype: torch.dtype = torch.float32,
     ):
         """tp_executor: with tensor_parallel_size > 1, the workers' driver
         (engine/distributed/executor.py); `model` is then rank 0's TensorParallelModel and
-        every rank's cache holds its own KV heads, of the same number of blocks."""
+        every rank's cache holds its own KV heads, of the same number of blocks.
+        cpu_weight_dtype: what the packed CPU linears keep their weights in."""
         self.model = model
         self.tp_executor = tp_executor
-        if config.pack_cpu_weights and device.type == "cpu":
-            log.info("%d CPU linear weights packed for oneDNN", pack_cpu_linears(model))
-            if getattr(model, "pack_tied_head", None) and model.pack_tied_head():
+        packing = config.pack_cpu_weights and device.type == "cpu"
+        self.cpu_weight_dtype = cpu_weight_dtype if packing else torch.float32
+        if packing:
+            stored = cpu_weight_dtype
+            log.info("%d CPU linear weights packed (kept in %s)", pack_cpu_linears(model, stored), stored)
+            if getattr(model, "pack_tied_head", None) and model.pack_tied_head(stored):
                 log.info("a packed copy of the tied LM head kept beside the embedding")
         self.config = config
         self.device = device

@@ -56,9 +56,11 @@ def load_extension(prefix: str, source_file: str, functions: list[str]) -> Modul
         from torch.utils.cpp_extension import load_inline
 
         remove_stale_lock(name)
+        # Copies of the flag lists: torch appends to the extra_ldflags it is given, and a
+        # second load of the same name with longer flags is rebuilt from scratch as name_v1.
         return load_inline(
             name=name, cpp_sources=[source], functions=functions,
-            extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, verbose=False,
+            extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS), verbose=False,
         )  # fmt: skip
     except Exception as exc:  # no compiler, no ninja, a failed build: the torch path serves
         log.warning("CPU kernels %s unavailable (%s): torch ops", source_file, str(exc)[:300])
@@ -81,8 +83,9 @@ def remove_stale_lock(name: str) -> None:
 
 if __name__ == "__main__":  # scripts/setup.sh: build every kernel once
     logging.basicConfig(level=logging.INFO)
-    from kernels import cpu_decode_attention, cpu_fused_ops
+    from kernels import cpu_decode_attention, cpu_fused_ops, cpu_linear
 
     for name, kernel in (("decode attention", cpu_decode_attention.load()),
-                         ("fused ops", cpu_fused_ops.load())):  # fmt: skip
+                         ("fused ops", cpu_fused_ops.load()),
+                         ("linear", cpu_linear.load())):  # fmt: skip
         print(f"CPU {name}:", "built" if kernel else "not available (see the log above)")

@@ -25,12 +25,17 @@ def default_loaded():
 
 @pytest.fixture(scope="session")
 def make_engine(default_loaded):
-    """Build an LLMEngine over the shared default model with any EngineConfig fields."""
+    """Build an LLMEngine over the shared default model with any EngineConfig fields.
+
+    Float32 weights unless told: the first engine packs the shared model's linears in place,
+    and the tests of the bundled model against transformers need them exact (its "auto" is
+    bfloat16 storage: test_cpu_weight_dtype.py)."""
     from engine import EngineConfig, LLMEngine
 
     def build(loaded=None, **fields):
         fields.setdefault("device", "cpu")
         fields.setdefault("dtype", "float32")
+        fields.setdefault("cpu_weight_dtype", "float32")
         return LLMEngine(EngineConfig(**fields), loaded=loaded or default_loaded)
 
     return build

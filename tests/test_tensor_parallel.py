@@ -25,7 +25,9 @@ from engine.models.parallel_layers import head_shard
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
 GREEDY = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
-CPU = {"device": "cpu", "dtype": "float32"}
+# Float32 weights: the bundled model's "auto" would store bfloat16, and its TP=1 reference
+# (make_engine) and the per-rank byte counts are float32.
+CPU = {"device": "cpu", "dtype": "float32", "cpu_weight_dtype": "float32"}
 
 
 def _greedy_tokens(engine: LLMEngine, prompts=PROMPTS) -> list[list[int]]:
@@ -53,7 +55,7 @@ def llama_one_kv_head(tmp_path_factory):
 
 
 def _tp_engine(model, **fields) -> LLMEngine:
-    return LLMEngine(EngineConfig(model=model, tensor_parallel_size=2, **CPU, **fields))
+    return LLMEngine(EngineConfig(model=model, tensor_parallel_size=2, **{**CPU, **fields}))
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +89,21 @@ def test_each_rank_holds_about_half_the_parameters(bundled_tp2, default_loaded):
     assert bundled_tp2.runner.shape.num_kv_heads == 2
 
 
-@pytest.mark.parametrize("which", ["kv_heads_divide", "kv_heads_replicated"])
+@pytest.mark.parametrize("which,weights", [("kv_heads_divide", "float32"),
+                                           ("kv_heads_replicated", "bfloat16")])  # fmt: skip
 def test_random_gqa_llama_greedy_tokens_equal_tp1_and_shutdown_leaves_no_worker(
-    which, random_llama, llama_one_kv_head
+    which, weights, random_llama, llama_one_kv_head
 ):
     """4 query heads over 2 KV heads (one each) and over 1 KV head (a copy each; with
-    attention biases). Releasing
+    attention biases; each rank's linears kept in bfloat16, as TP=1's). Releasing
     the engine (what AsyncEngine.shutdown does) stops its worker: the pid is gone."""
     model = str(random_llama if which == "kv_heads_divide" else llama_one_kv_head)
     prompts = ["hello world", "the quick brown fox jumps", "a"]
-    reference = LLMEngine(EngineConfig(model=model, block_size=8, **CPU))
+    fields = {**CPU, "cpu_weight_dtype": weights}
+    reference = LLMEngine(EngineConfig(model=model, block_size=8, **fields))
     expected = _greedy_tokens(reference, prompts)
     reference.release()
-    engine = _tp_engine(model, block_size=8)
+    engine = _tp_engine(model, block_size=8, cpu_weight_dtype=weights)
     pids = engine.tp_executor.worker_pids
     try:
         assert engine.runner.shape.num_kv_heads == 1  # each rank's cache: its one KV head

@@ -43,8 +43,10 @@ class TensorParallelStartupError(RuntimeError):
 
 
 class TensorParallelExecutor:
-    def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype,
+                 cpu_weight_dtype: torch.dtype = torch.float32):  # fmt: skip
         self.config = config
+        self.cpu_weight_dtype = cpu_weight_dtype
         self.world_size = config.tensor_parallel_size
         self.timeout_s = config.distributed_timeout_s
         self.device = device
@@ -58,11 +60,12 @@ class TensorParallelExecutor:
 
     # ---------------------------------------------------------------- start-up
     @classmethod
-    def start(cls, config: EngineConfig, device: torch.device, dtype: torch.dtype
-              ) -> TensorParallelExecutor:  # fmt: skip
+    def start(cls, config: EngineConfig, device: torch.device, dtype: torch.dtype,
+              cpu_weight_dtype: torch.dtype = torch.float32) -> TensorParallelExecutor:  # fmt: skip
         """Spawn the workers and form the group; TensorParallelStartupError (workers
-        stopped) when that fails or takes longer than distributed_timeout_s."""
-        executor = cls(config, device, dtype)
+        stopped) when that fails or takes longer than distributed_timeout_s.
+        cpu_weight_dtype: what the workers' packed CPU linears keep their weights in."""
+        executor = cls(config, device, dtype, cpu_weight_dtype)
         try:
             executor._form()
         except BaseException:
@@ -95,7 +98,8 @@ class TensorParallelExecutor:
             args = WorkerArgs(
                 rank, self.world_size, port, self.config.model, str(self.dtype).split(".")[-1],
                 device, self.config.block_size, self.config.attention_backend,
-                self.config.pack_cpu_weights, self.timeout_s, torch.get_num_threads(),
+                self.config.pack_cpu_weights,
+                str(self.cpu_weight_dtype).split(".")[-1], self.timeout_s, torch.get_num_threads(),
                 os.getpid(),
             )  # fmt: skip
             ours, theirs = ctx.Pipe()

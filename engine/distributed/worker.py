@@ -34,6 +34,7 @@ class WorkerArgs:
     block_size: int
     attention_backend: str
     pack_cpu_weights: bool
+    cpu_weight_dtype: str  # "float32" or "bfloat16": packed linears' storage
     timeout_s: float
     num_threads: int
     parent_pid: int
@@ -89,7 +90,7 @@ class _Worker:
             loaded = load_model(args.model, dtype=dtype, device=self.device)
         self.model, self.hf_config, self.dtype = loaded.model, loaded.hf_config, dtype
         if args.pack_cpu_weights and self.device.type == "cpu":
-            pack_cpu_linears(self.model)
+            pack_cpu_linears(self.model, getattr(torch, args.cpu_weight_dtype))
         self.backend = kernels.resolve_backend(args.attention_backend, self.device)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
 

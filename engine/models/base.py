@@ -21,7 +21,9 @@ from torch import nn
 
 from engine.attention import AttentionMetadata
 from engine.distributed.parallel_state import current_group
-from engine.models.layers import KVCache, Linear, linear, packable, packed_linear, packed_weight
+from engine.models.layers import (
+    KVCache, Linear, linear, packable, packed_linear, packed_weight, packing_available,
+)  # fmt: skip
 
 
 class CheckpointSlice(NamedTuple):
@@ -91,18 +93,19 @@ class PagedCausalLM(nn.Module):
         self.final_logit_softcap: float | None = None
         self.packed_tied_head: torch.Tensor | None = None  # see pack_tied_head
 
-    def pack_tied_head(self) -> bool:
-        """Keep a copy of a tied head's matrix in oneDNN's blocked layout beside the
-        embedding (which lookups need plain), as vLLM's CPU build does for tied heads: the
-        head is the largest matmul of a small model (SmolLM2: 113 MB of its 540), and packed
-        it is ~25% faster at 16 rows. Costs that much memory again. False where not tied,
-        sharded, not float32 on the CPU, or already packed."""
+    def pack_tied_head(self, stored: torch.dtype = torch.float32) -> bool:
+        """Keep a packed copy of a tied head's matrix (layers.py `packed_weight`, kept in
+        `stored`) beside the embedding (which lookups need plain), as vLLM's CPU build does
+        for tied heads: the head is the largest matmul of a small model (SmolLM2: 113 MB of
+        its 540), and packed it is ~25% faster at 16 rows. Costs its size again (half of it
+        in bfloat16). False where not tied, sharded, not float32 on the CPU, or already
+        packed."""
         weight = self.embedding().weight
         if self.lm_head is not None or self.tp.is_parallel or self.packed_tied_head is not None:
             return False
-        if not packable(weight):
+        if not packable(weight) or not packing_available(stored):
             return False
-        self.packed_tied_head = packed_weight(weight)
+        self.packed_tied_head = packed_weight(weight, stored)
         return True
 
     def _make_lm_head(self) -> Linear:

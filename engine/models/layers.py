@@ -16,7 +16,7 @@ from torch import nn
 
 import kernels
 from engine.attention import AttentionMetadata
-from kernels import cpu_fused_ops
+from kernels import cpu_fused_ops, cpu_linear
 from kernels.reference import store_kv_torch, unified_attention_torch
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -98,8 +98,8 @@ class Linear(nn.Linear):
     """nn.Linear without random init: `load_weights` overwrites every parameter, and on the
     meta device torch's init ops pull in torch._dynamo (seconds of start-up).
 
-    `packed`: the weight is in oneDNN's blocked layout (`pack_cpu_linears`), readable only
-    by oneDNN's inner product."""
+    `packed`: the weight is in a CPU blocked layout (`pack_cpu_linears`), readable only by
+    `packed_linear`."""
 
     packed: bool = False
 
@@ -118,39 +118,60 @@ class Linear(nn.Linear):
 PACK_ROWS_HINT = 16
 
 
-def pack_cpu_linears(model: nn.Module) -> int:
-    """Reorder, in place, the weight of every float32 CPU `Linear` of `model` into oneDNN's
-    blocked layout, as vLLM's CPU build prepacks its linears at load. Same shape and size,
-    so no memory is added; the weight becomes an opaque mkldnn tensor (`.to_dense()` reads
-    it back as a matrix). A weight another module shares (a tied LM head
-    is the embedding's) is left plain, and packing twice is a no-op. Returns how many were
-    packed."""
-    if not _ONEDNN or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+def pack_cpu_linears(model: nn.Module, stored: torch.dtype = torch.float32) -> int:
+    """Pack, in place, the weight of every float32 CPU `Linear` of `model` once, as vLLM's CPU
+    build prepacks its linears at load: into pagedesk's blocks of 16 outputs
+    (kernels/cpu_linear.py), kept in `stored` (float32, or bfloat16 at half the bytes), or,
+    where that kernel does not load, into oneDNN's blocked layout (float32 only). A weight
+    another module shares (a tied LM head is the embedding's) is left plain, and packing twice
+    is a no-op. Returns how many were packed."""
+    if not packing_available(stored):
         return 0
-    linears = [m for m in model.modules() if isinstance(m, Linear)]
     owners: dict[int, int] = {}
     for module in model.modules():
         for param in module.parameters(recurse=False):
             owners[id(param)] = owners.get(id(param), 0) + 1
     packed = 0
-    for m in linears:
-        w = m.weight
-        if m.packed or owners[id(w)] > 1 or not packable(w):
+    for m in model.modules():
+        if not isinstance(m, Linear):
             continue
-        m.weight = nn.Parameter(packed_weight(w), requires_grad=False)
+        w = m.weight
+        if m.packed:
+            # A model shared by engines (LLMEngine(loaded=...)) is packed by the first: a
+            # second asking for other storage would silently get the first's.
+            if w.dtype != stored and not w.is_mkldnn:
+                raise ValueError(f"this model's CPU linears are already packed in {w.dtype}, "
+                                 f"not {stored}: load it again for other weight storage")
+            continue
+        if owners[id(w)] > 1 or not packable(w):
+            continue
+        m.weight = nn.Parameter(packed_weight(w, stored), requires_grad=False)
         m.packed = True
         packed += 1
     return packed
 
 
+def packing_available(stored: torch.dtype = torch.float32) -> bool:
+    """Whether CPU weights can be packed to be kept in `stored`: pagedesk's kernel for float32
+    and bfloat16, oneDNN's reorder for float32."""
+    if cpu_linear.load() is not None:
+        return stored in cpu_linear.DTYPES
+    onednn = _ONEDNN and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    return onednn and stored == torch.float32
+
+
 def packable(weight: torch.Tensor) -> bool:
-    return (_ONEDNN and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and weight.device.type == "cpu" and weight.dtype == torch.float32)  # fmt: skip
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
 
 
-def packed_weight(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` ([out, in], float32, CPU) reordered into oneDNN's blocked layout for
-    PACK_ROWS_HINT rows: an opaque mkldnn tensor only `packed_linear` reads."""
+def packed_weight(weight: torch.Tensor, stored: torch.dtype = torch.float32) -> torch.Tensor:
+    """`weight` ([out, in], float32, CPU) packed once: pagedesk's [ceil(out/16), in, 16]
+    blocks in `stored` where its kernel loads, else oneDNN's opaque layout for
+    PACK_ROWS_HINT rows. Only `packed_linear` reads either."""
+    if not packing_available(stored):
+        raise ValueError(f"CPU weights cannot be packed as {stored} here (see packing_available)")
+    if cpu_linear.load() is not None:
+        return cpu_linear.pack(weight, stored)
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS_HINT)
 
 
@@ -158,9 +179,18 @@ def packed_linear(
     x: torch.Tensor, weight: torch.Tensor, out_features: int, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """x [..., in] @ a `packed_weight` (+ bias) -> [..., out_features]."""
+    if not weight.is_mkldnn:
+        return cpu_linear.linear(x, weight, bias, out_features)
     flat = x.reshape(-1, x.shape[-1])
     out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
     return out.view(*x.shape[:-1], out_features)
+
+
+def unpacked_weight(weight: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The plain [out, in] matrix of a `packed_weight` (as stored: bf16 stays bf16)."""
+    if weight.is_mkldnn:
+        return weight.to_dense()
+    return cpu_linear.unpack(weight, out_features)
 
 
 class Embedding(nn.Embedding):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.distributed.parallel_state import TPGroup
-from engine.models.layers import Embedding, GatedMLP, Linear, activation, linear
+from engine.models.layers import Embedding, GatedMLP, Linear, activation, linear, packed_linear
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +107,7 @@ class RowParallelLinear(Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if self.packed:
-            out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, None, "none", [], "")
+            out = packed_linear(flat, self.weight, self.out_features)
         else:
             out = linear(flat, self.weight)
         out = self.group.all_reduce(out)
