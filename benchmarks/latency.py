@@ -78,7 +78,8 @@ def pagedesk_worker(job_path: Path, result_path: Path) -> int:
         torch.set_num_threads(os.cpu_count() or 1)
         start = time.perf_counter()
         engine = LLMEngine(EngineConfig(model=job["engine_model"], dtype=job["dtype"],
-                                        device="cpu", max_model_len=job.get("max_model_len")))
+                                        device="cpu", max_model_len=job.get("max_model_len"),
+                                        cpu_weight_dtype=job.get("cpu_weight_dtype", "auto")))
         result["startup_seconds"] = round(time.perf_counter() - start, 1)
 
         def stream_one(rid: str, request: dict[str, Any]) -> tuple[list[int], list[float], float]:
@@ -113,6 +114,7 @@ def pagedesk_worker(job_path: Path, result_path: Path) -> int:
         result.update(seconds=time.perf_counter() - start, token_ids=tokens,
                       output_tokens=sum(len(t) for t in tokens), per_request=per_request)
         result["notes"].update(load_avg_1m=round(os.getloadavg()[0], 2),
+                               cpu_weight_dtype=str(engine.runner.cpu_weight_dtype),
                                torch_threads=torch.get_num_threads(),
                                attention_backend=str(engine.last_step_stats.attention_backend
                                                      if engine.last_step_stats else "?"))
@@ -191,6 +193,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "SmolLM2-135M, converted)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="for both backends (default float32)")
+    p.add_argument("--cpu-weight-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="pagedesk's EngineConfig.cpu_weight_dtype (default auto: bfloat16 "
+                   "storage for the bundled quantized model)")
     p.add_argument("--backends", default="pagedesk,vllm",
                    help="comma-separated: pagedesk,vllm (default both; vllm only where "
                    ".venv-vllm is built)")
@@ -242,10 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                             output_lens=(4, 4))[0]
               for i, n in enumerate((8, max(args.prompt_lens)))]  # fmt: skip
     job = {"model": str(folder), "engine_model": args.model, "dtype": args.dtype,
-           "mode": "latency", "requests": to_json(requests), "warmup": to_json(warmup),
+           "cpu_weight_dtype": args.cpu_weight_dtype, "mode": "latency", "requests": to_json(requests), "warmup": to_json(warmup),
            "max_model_len": VLLM_MAX_MODEL_LEN, "seed": args.seed}
     print(f"latency at batch 1: prompts of {args.prompt_lens} tokens, {args.output_tokens} "
-          f"output tokens, greedy, EOS ignored; model {folder} ({args.dtype}, cpu, "
+          f"output tokens, greedy, EOS ignored; model {folder} ({args.dtype}, pagedesk's "
+          f"cpu_weight_dtype {args.cpu_weight_dtype}, cpu, "
           f"{os.cpu_count()} cores); {args.rounds} interleaved round(s)", flush=True)
 
     specs: list[tuple[str, list[str]]] = []

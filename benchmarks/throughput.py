@@ -496,6 +496,7 @@ def pagedesk_worker(job: dict[str, Any]) -> Result:
     requests, warmup = from_json(job["requests"]), from_json(job["warmup"])
     kwargs: dict[str, Any] = dict(
         dtype=job["dtype"], device=job["device"], block_size=16,
+        cpu_weight_dtype=job.get("cpu_weight_dtype", "auto"),
         max_num_seqs=int(job["max_num_seqs"]), max_num_batched_tokens=int(job["max_batch_tokens"]),
     )
     if job["device"] == "cpu":
@@ -523,6 +524,7 @@ def pagedesk_worker(job: dict[str, Any]) -> Result:
 
     result = timed_run("pagedesk", job["device"], warm, work)
     result.notes["prefix_cache_hit_tokens"] = sum(o.num_cached_tokens for o in outs)
+    result.notes["cpu_weight_dtype"] = str(llm.engine.runner.cpu_weight_dtype)
     stats = [s for s in llm.engine.stats_history if s.step >= first_step[0]]
     result.notes.update(pagedesk_step_notes(stats, llm.engine.num_steps - first_step[0]))
     return result
@@ -591,7 +593,7 @@ def base_job(setup: Setup, requests: list[BenchRequest], warmup: list[BenchReque
         "model": str(setup.folder), "engine_model": setup.engine_model, "device": setup.device,
         "dtype": setup.dtype_name, "requests": to_json(requests), "warmup": to_json(warmup),
         "max_batch_tokens": args.max_batch_tokens, "max_num_seqs": args.max_num_seqs,
-        "seed": args.seed,
+        "seed": args.seed, "cpu_weight_dtype": args.cpu_weight_dtype,
     }
 
 
@@ -777,6 +779,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu", action="store_true", help="CUDA, random Llama-3.2-1B shape (no vLLM)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"],
                    help="for every backend (default float32; bfloat16 with --gpu)")
+    p.add_argument("--cpu-weight-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="pagedesk's EngineConfig.cpu_weight_dtype (default auto: bfloat16 "
+                   "storage for the bundled quantized model)")
     p.add_argument("--backends", default=",".join(ALL_BACKENDS),
                    help="which to run, comma-separated: pagedesk,vllm,static,continuous "
                    "(default: all; vllm only where .venv-vllm is built)")
