@@ -2,10 +2,12 @@
 
 - float32: the weights as pagedesk reads them (the bundled Q4_1 GGUF, dequantised);
 - bf16 weights: the same weights rounded to bfloat16, computed in float32 (weight-only);
-- bf16: weights and activations in bfloat16 (what `dtype="bfloat16"` runs).
+- bf16: weights and activations in bfloat16 (what `dtype="bfloat16"` runs);
 
-Computed with transformers on the safetensors folder pagedesk converts the GGUF into, so
-the check is independent of the engine. The text is public domain (Jane Austen), fixed
+computed with transformers on the safetensors folder pagedesk converts the GGUF into, so
+the check is independent of the engine; then pagedesk's own engine, from its prompt logprobs,
+with `cpu_weight_dtype="float32"` and `"bfloat16"` (the bundled model's "auto": only the
+linears and the LM head's copy are bf16, the embedding and norms stay float32). The text is public domain (Jane Austen), fixed
 here so every run scores the same tokens.
 
     .venv/bin/python benchmarks/bf16_quality.py
@@ -53,6 +55,20 @@ def perplexity(model, ids: torch.Tensor) -> float:
     return math.exp(float(nll))
 
 
+def engine_perplexities(ids: list[int]) -> dict[str, float]:
+    from engine import LLM, SamplingParams
+
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    out = {}
+    for stored in ("float32", "bfloat16"):
+        llm = LLM(cpu_weight_dtype=stored, num_kv_blocks=128)
+        logprobs = llm.generate([ids], params, use_tqdm=False)[0].prompt_logprobs
+        nll = -sum(logprobs[i][ids[i]] for i in range(1, len(ids))) / (len(ids) - 1)
+        out[f"pagedesk, {stored} weights"] = math.exp(nll)
+        del llm
+    return out
+
+
 def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,6 +84,7 @@ def main() -> None:
             p.copy_(p.bfloat16().float())
     results["bf16 weights, fp32 compute"] = perplexity(model, ids)
     results["bf16"] = perplexity(model.to(torch.bfloat16), ids)
+    results.update(engine_perplexities(ids.tolist()))
     base = results["float32"]
     print(f"perplexity of SmolLM2-135M-Instruct (bundled Q4_1) on {len(ids)} tokens")
     for name, ppl in results.items():
