@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
+import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QPlainTextEdit, QPushButton, QTextBrowser
@@ -14,6 +16,7 @@ from app_testing import (  # noqa: F401  (fixtures)
     close_app, long_replies, open_app, qloop, run, tiny_model, until,
 )
 from engine_helpers import aborted_ids
+from model_factory import make_random_llama
 
 
 def type_and_send(pane, text: str) -> None:
@@ -121,22 +124,29 @@ def test_send_to_all_open_panes_streams_them_in_one_batch(qloop, tiny_model, tmp
     close_app(qloop, window)
 
 
+@pytest.fixture(scope="module")
+def short_context_model(tmp_path_factory) -> Path:
+    """tiny_model with 1,024 positions: the context fills in a few short turns."""
+    return make_random_llama(tmp_path_factory.mktemp("short") / "short-llama",
+                             max_position_embeddings=1024)  # fmt: skip
+
+
 def test_context_overflow_is_announced_and_oldest_turns_dropped_on_request(
-    qloop, tiny_model, tmp_path
+    qloop, short_context_model, tmp_path
 ):
-    window = open_app(qloop, tmp_path, tiny_model)
+    window = open_app(qloop, tmp_path, short_context_model)
     chat = next(iter(window.controller.chats.values()))
-    long_replies(chat, max_tokens=900)
+    long_replies(chat, max_tokens=225)
     turns = 0
-    while turns < 10:  # turns of ~1,000 tokens until the next one would not fit in 4,096
+    while turns < 10:  # turns of ~250 tokens until the next one would not fit in 1,024
         run(qloop, chat.send(f"question {turns}"))
         if chat.store.messages(chat.session_id)[-1].role == "user":
             break
         turns += 1
     assert turns >= 2
     usage = chat.update_context()
-    assert usage.limit == 4096 and usage.history + 900 > 4096
-    assert chat.pane.gauge.label.text() == f"{usage.total:,} / 4,096 tokens"
+    assert usage.limit == 1024 and usage.history + 225 > 1024
+    assert chat.pane.gauge.label.text() == f"{usage.total:,} / 1,024 tokens"
     assert chat.pane.gauge.warning_visible  # said so, sent nothing, cut nothing
     assert "Drop the oldest 1 turn" in chat.pane.gauge.warning_label.text()
     assert all(m.in_context for m in chat.store.messages(chat.session_id))
