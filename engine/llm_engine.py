@@ -23,7 +23,7 @@ from engine.checkpoint_precision import matrix_precision
 from engine.model_loader import LoadedModel, check_tensor_parallel_model, load_model, resolve_model
 from engine.model_runner import ModelRunner
 from engine.models import model_path_of
-from engine.models.layers import sliding_window_of
+from engine.models.layers import packed_storage, sliding_window_of
 from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.prompt_logprobs import add_prompt_logprobs
@@ -58,7 +58,7 @@ class LLMEngine:
             self.runner = ModelRunner(
                 self.loaded.model, self.loaded.hf_config, config, self.device, self.dtype,
                 model_len, self.attention_backend, self.tp_executor,
-                cpu_weight_dtype=self._cpu_weight_dtype(self.loaded.source_path),
+                cpu_weight_dtype=self._cpu_weight_dtype(self.loaded.source_path, self.loaded.model),
             )
         except BaseException:
             if self.tp_executor is not None:
@@ -91,11 +91,15 @@ class LLMEngine:
         self._latencies: tuple[list[float], list[float]] = ([], [])  # this step's TTFT, ITL
         self._log_capacity()
 
-    def _cpu_weight_dtype(self, source) -> torch.dtype:
+    def _cpu_weight_dtype(self, source, model=None) -> torch.dtype:
         """How the CPU's packed linears keep their weights (EngineConfig.cpu_weight_dtype);
-        float32 off the CPU, where nothing is packed."""
+        float32 off the CPU, where nothing is packed. "auto" on a model another engine has
+        packed already (`loaded=`) keeps that storage."""
         if self.device.type != "cpu":
             return torch.float32
+        already = packed_storage(model) if model is not None else None
+        if self.config.cpu_weight_dtype == "auto" and already is not None:
+            return already
         precision = matrix_precision(source) if self.config.cpu_weight_dtype == "auto" else None
         return self.config.resolve_cpu_weight_dtype(precision)
 

@@ -195,3 +195,15 @@ def test_a_model_packed_once_refuses_other_storage_instead_of_ignoring_it():
     assert layers.pack_cpu_linears(model, torch.bfloat16) == 0  # same storage: a no-op
     with pytest.raises(ValueError, match="already packed in torch.bfloat16, not torch.float32"):
         layers.pack_cpu_linears(model, torch.float32)
+
+
+def test_auto_on_a_model_another_engine_packed_keeps_its_storage(default_loaded, make_engine):
+    from engine import EngineConfig, LLMEngine
+
+    first = make_engine()  # float32 (conftest), packs the shared model
+    assert layers.packed_storage(default_loaded.model) == torch.float32
+    second = LLMEngine(EngineConfig(device="cpu", dtype="float32"), loaded=default_loaded)
+    assert second.runner.cpu_weight_dtype == first.runner.cpu_weight_dtype == torch.float32
+    if cpu_linear.load() is not None:  # asked for explicitly, other storage is an error
+        with pytest.raises(ValueError, match="already packed"):
+            make_engine(cpu_weight_dtype="bfloat16")

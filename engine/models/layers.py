@@ -151,6 +151,15 @@ def pack_cpu_linears(model: nn.Module, stored: torch.dtype = torch.float32) -> i
     return packed
 
 
+def packed_storage(model: nn.Module) -> torch.dtype | None:
+    """The dtype `model`'s packed CPU linears keep their weights in; None where none is packed
+    (a model shared by engines is packed by the first)."""
+    for m in model.modules():
+        if isinstance(m, Linear) and m.packed:
+            return torch.float32 if m.weight.is_mkldnn else m.weight.dtype
+    return None
+
+
 def packing_available(stored: torch.dtype = torch.float32) -> bool:
     """Whether CPU weights can be packed to be kept in `stored`: pagedesk's kernel for float32
     and bfloat16, oneDNN's reorder for float32."""
