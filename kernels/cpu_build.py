@@ -1,7 +1,7 @@
 """Building pagedesk's C++ CPU kernels (kernels/csrc/*.cpp) with torch's extension builder.
 
 Each source is compiled once on this machine (g++, ninja) into torch's extension cache,
-under a name hashed from the source, the torch version and the CPU's flags: the build uses
+under a name hashed from the source, the torch version and install path and the CPU's flags: the build uses
 -march=native, so it is only reused where the same source meets the same instruction set.
 `scripts/setup.sh` builds them ahead (`python -m kernels.cpu_build`), so an engine start
 only loads them (~1 s). Without a compiler a kernel is None, the reason logged, and the
@@ -35,7 +35,10 @@ def _cpu_flags() -> str:
 
 
 def build_name(prefix: str, source: str) -> str:
-    key = "\n".join((source, torch.__version__, platform.machine(), _cpu_flags()))
+    # torch's install path too: a build records its include paths, so two checkouts (venvs)
+    # sharing one name would each see the other's build as stale and rebuild it, each
+    # waiting on the other's lock.
+    key = "\n".join((source, torch.__version__, torch.__file__, platform.machine(), _cpu_flags()))
     return f"{prefix}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
