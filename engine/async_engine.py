@@ -9,8 +9,9 @@ whole reply so far, with what is new in delta_text / delta_token_ids), DELTA (on
 new, which a long stream should use) or FINAL_ONLY (one item, at the end).
 
 The engine thread owns the LLMEngine: requests, aborts and shutdown reach it through a
-command queue, and outputs go back to each consumer's asyncio.Queue through
-`loop.call_soon_threadsafe`. It sleeps on an Event when there is no work (no busy loop).
+command queue, and outputs go back through each request's one-item stream, woken with
+`loop.call_soon_threadsafe`; outputs the consumer has not taken yet are merged into one.
+The thread sleeps on an Event when there is no work (no busy loop).
 A bad request fails alone (its stream raises); an exception in a step kills the engine,
 and every waiting stream raises EngineDeadError instead of hanging.
 """
@@ -34,8 +35,8 @@ import torch
 from engine.config import EngineConfig
 from engine.kv_snapshot import KVSnapshot
 from engine.llm_engine import LLMEngine
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
+from engine.outputs import RequestOutput, merge_outputs
+from engine.sampling_params import RequestOutputKind, SamplingParams
 from engine.stats import StepStats
 
 log = logging.getLogger(__name__)
@@ -102,17 +103,43 @@ class EngineMetrics:
 
 
 class _Stream:
-    """One request's channel from the engine thread to its asyncio consumer."""
+    """One request's channel from the engine thread to its asyncio consumer. It holds at
+    most one item: an output that arrives before the consumer took the previous one is
+    merged into it (`merge_outputs`), as vLLM's RequestOutputCollector does. A consumer
+    that keeps up sees every step; one that falls behind (a busy UI thread, four chats
+    streaming) wakes once per look, not once per token, and so catches up instead of
+    falling further behind."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, delta: bool):
         self.loop = loop
-        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self.delta = delta  # DELTA outputs: merging concatenates them
+        self._lock = threading.Lock()
+        self._item: RequestOutput | BaseException | None = None
+        self._ready = asyncio.Event()  # set (in the loop) while an item waits
 
     def put(self, item: RequestOutput | BaseException) -> None:
+        """From the engine thread."""
+        with self._lock:
+            waiting = self._item
+            if waiting is None or isinstance(item, BaseException):
+                self._item = item  # an error ends the stream: it replaces what waits
+            elif isinstance(waiting, RequestOutput):
+                self._item = merge_outputs(waiting, item, self.delta)
+            if waiting is not None:
+                return  # the consumer has been woken for it already
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._ready.set)
         except RuntimeError:
             pass  # the consumer's loop is closed: nobody is listening any more
+
+    async def get(self) -> RequestOutput | BaseException:
+        while True:
+            await self._ready.wait()
+            with self._lock:
+                item, self._item = self._item, None
+                self._ready.clear()
+            if item is not None:
+                return item
 
 
 class AsyncEngine:
@@ -245,7 +272,8 @@ class AsyncEngine:
         request_id: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request: each item carries the new text/tokens since the last one in
-        `outputs[i].delta_text` / `delta_token_ids`, and `text` / `token_ids` as the
+        `outputs[i].delta_text` / `delta_token_ids` (several steps' worth when the consumer
+        was slower than the engine), and `text` / `token_ids` as the
         params' output_kind says (whole so far, or, with DELTA, only the new part); the
         last has `finished=True`. Cancelling the consuming task aborts the request at the
         next step."""
@@ -256,7 +284,9 @@ class AsyncEngine:
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        stream = _Stream(asyncio.get_running_loop())
+        params = sampling_params or SamplingParams()
+        stream = _Stream(asyncio.get_running_loop(),
+                         delta=params.output_kind is RequestOutputKind.DELTA)
         self._streams[request_id] = stream
         # Checked again once the stream is registered: a death (or shutdown) between the
         # first check and the registration broadcast to the streams it saw, not this one,
@@ -267,12 +297,11 @@ class AsyncEngine:
         except EngineDeadError:
             self._streams.pop(request_id, None)
             raise
-        params = sampling_params or SamplingParams()
         self._send(_Add(request_id, self.tokenize_prompt(prompt), params, stream))
         finished = False
         try:
             while not finished:
-                item = await stream.queue.get()
+                item = await stream.get()
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished

@@ -56,3 +56,38 @@ class RequestOutput:
     prompt_logprobs: list[dict[int, float] | None] | None = None
     # The vocabulary rank (1 = likeliest) of each prompt token, parallel to prompt_logprobs.
     prompt_logprob_ranks: list[int | None] | None = None
+
+
+def merge_outputs(older: RequestOutput, newer: RequestOutput, delta: bool) -> RequestOutput:
+    """One output standing for two consecutive ones of a stream, for a consumer that fell
+    behind (vLLM's RequestOutputCollector does the same): each completion's delta_text and
+    delta_token_ids are what is new since `older`'s predecessor. With `delta` (DELTA
+    outputs) text, token ids and logprobs are concatenated too, a sample that had nothing
+    new in `newer` keeps its part of `older`, and the prompt's logprobs (sent once) stay.
+    Otherwise `newer` already holds everything, so only the deltas are joined."""
+    previous = {c.index: c for c in older.outputs}
+    merged = []
+    for new in newer.outputs:
+        old = previous.pop(new.index, None)
+        merged.append(new if old is None else _merge_completion(old, new, delta))
+    if delta:
+        merged = sorted(merged + list(previous.values()), key=lambda c: c.index)
+    return RequestOutput(
+        newer.request_id, newer.prompt, newer.prompt_token_ids, merged, newer.finished,
+        newer.metrics, newer.num_cached_tokens, newer.error,
+        newer.prompt_logprobs if newer.prompt_logprobs is not None or not delta
+        else older.prompt_logprobs,
+        newer.prompt_logprob_ranks if newer.prompt_logprob_ranks is not None or not delta
+        else older.prompt_logprob_ranks)  # fmt: skip
+
+
+def _merge_completion(old: CompletionOutput, new: CompletionOutput,
+                      delta: bool) -> CompletionOutput:  # fmt: skip
+    text, token_ids, logprobs = new.text, new.token_ids, new.logprobs
+    if delta:
+        text, token_ids = old.text + new.text, old.token_ids + new.token_ids
+        if old.logprobs is not None and new.logprobs is not None:
+            logprobs = old.logprobs + new.logprobs
+    return CompletionOutput(new.index, text, token_ids, new.finish_reason, new.stop_reason,
+                            new.cumulative_logprob, logprobs, old.delta_text + new.delta_text,
+                            old.delta_token_ids + new.delta_token_ids)  # fmt: skip

@@ -61,7 +61,8 @@ def test_duplicate_request_id(engine):
 
 def test_a_bad_prompt_in_a_batch_fails_the_call_not_the_engine(default_loaded):
     llm = LLM.from_engine(
-        LLMEngine(EngineConfig(device="cpu", dtype="float32", max_model_len=64), loaded=default_loaded)
+        LLMEngine(EngineConfig(device="cpu", dtype="float32", max_model_len=64,
+                               cpu_weight_dtype="float32"), loaded=default_loaded)
     )
     with pytest.raises(ValueError, match="too long"):
         llm.generate(["fine", "x " * 200], greedy(3), use_tqdm=False)
@@ -102,7 +103,7 @@ def test_triton_backend_where_it_cannot_run_is_refused_clearly(default_loaded, m
         LLMEngine(EngineConfig(device="cpu", attention_backend="triton"), loaded=default_loaded)
     with pytest.raises(ValueError, match="unknown kernel backend 'cuda-magic'"):
         LLMEngine(EngineConfig(device="cpu", attention_backend="cuda-magic"), loaded=default_loaded)
-    engine = LLMEngine(EngineConfig(device="cpu"), loaded=default_loaded)
+    engine = LLMEngine(EngineConfig(device="cpu", cpu_weight_dtype="float32"), loaded=default_loaded)
     assert engine.attention_backend == "torch"
     run_to_completion(engine, ["Hi"], greedy(2))
     assert engine.last_step_stats.attention_backend == "torch"

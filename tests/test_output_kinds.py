@@ -7,13 +7,15 @@ kind, so every step's outputs can be compared, not only the last."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from dataclasses import replace
 
 import pytest
 
-from engine import LLM, EngineConfig, RequestOutputKind, SamplingParams
+from engine import LLM, EngineConfig, LLMEngine, RequestOutputKind, SamplingParams
 from engine.async_engine import AsyncEngine
+from engine.outputs import CompletionOutput, RequestOutput, merge_outputs
 from engine_helpers import run_to_completion
 
 CUMULATIVE, DELTA, FINAL_ONLY = (RequestOutputKind.CUMULATIVE, RequestOutputKind.DELTA,
@@ -205,9 +207,108 @@ def test_async_engine_streams_each_kind(random_llama, stop):
     assert "".join(o.outputs[0].text for o in delta) == last.text
     assert [t for o in delta for t in o.outputs[0].token_ids] == last.token_ids
     assert "".join(o.outputs[0].delta_text for o in delta) == last.text  # either field works
-    assert len(delta) == len(cumulative) > 1 and delta[-1].finished
+    # A consumer that falls behind gets several steps merged, so the two counts may differ.
+    assert len(delta) > 1 and len(cumulative) > 1 and delta[-1].finished
     assert len(final_only) == 1 and final_only[0].outputs[0].text == last.text
     assert last.finish_reason == "stop" and final_only[0].outputs[0].stop_reason == stop
+
+
+def _fields(c: CompletionOutput) -> tuple:
+    return (c.index, c.text, c.token_ids, c.logprobs, c.finish_reason, c.stop_reason,
+            c.cumulative_logprob, c.delta_text, c.delta_token_ids)
+
+
+@pytest.mark.parametrize("kind", [CUMULATIVE, DELTA], ids=lambda k: k.name)
+def test_merged_outputs_stand_for_the_steps_they_merge(make_random_engine, stop, kind):
+    """What a stream hands a consumer that fell behind, checked against the unmerged
+    outputs of the same steps: runs of 1, 2, 3 … steps of each request are merged, and
+    the merged outputs, one after another, say what the steps said."""
+    steps: dict[str, list[RequestOutput]] = {}
+    for _, outs in lockstep(make_random_engine, mixed(stop) + [(PROMPTS[3], greedy(
+            9, prompt_logprobs=1))], kind):  # fmt: skip
+        for out in outs:
+            steps.setdefault(out.request_id, []).append(out)
+    delta = kind is DELTA
+    for rid, outs in steps.items():
+        merged, at, run = [], 0, 1
+        while at < len(outs):
+            group = outs[at : at + run]
+            m = group[0]
+            for newer in group[1:]:
+                m = merge_outputs(m, newer, delta)
+            merged.append((group, m))
+            at, run = at + run, run + 1
+        for group, m in merged:
+            assert m.finished == group[-1].finished
+            for c in m.outputs:  # the deltas of the run, joined
+                parts = [o for out in group for o in out.outputs if o.index == c.index]
+                assert c.delta_text == "".join(o.delta_text for o in parts)
+                assert c.delta_token_ids == [t for o in parts for t in o.delta_token_ids]
+                assert (c.finish_reason, c.cumulative_logprob) == (
+                    parts[-1].finish_reason, parts[-1].cumulative_logprob)
+            if not delta:  # each merged output is the run's last, deltas aside
+                assert [_fields(c)[:7] for c in m.outputs] == \
+                    [_fields(c)[:7] for c in group[-1].outputs]
+        # Read one after another, the merged stream says what the unmerged one said.
+        def read(stream: list[RequestOutput]) -> dict:
+            seen: dict[int, tuple] = {}
+            for out in stream:
+                for c in out.outputs:
+                    text, ids, lps = seen.get(c.index, ("", [], []))
+                    if delta:
+                        seen[c.index] = (text + c.text, ids + c.token_ids, lps + (c.logprobs or []))
+                    else:
+                        seen[c.index] = (c.text, c.token_ids, c.logprobs or [])
+            return seen
+
+        assert read([m for _, m in merged]) == read(outs)
+        firsts = [o.prompt_logprobs for o in outs if o.prompt_logprobs is not None]
+        if firsts:  # DELTA sends the prompt's logprobs once: the merge keeps them
+            assert merged[0][1].prompt_logprobs == firsts[0]
+
+
+def test_a_consumer_that_falls_behind_gets_merged_outputs(random_llama):
+    """A stream whose consumer blocks its loop for a while after each output gets fewer,
+    merged outputs: every token still arrives once, in order, and the tokens equal the
+    synchronous engine's; a consumer that keeps up gets one output per token."""
+    params = greedy(40)
+    want = run_to_completion(LLM.from_engine(LLMEngine(EngineConfig(
+        model=str(random_llama), device="cpu", dtype="float32", block_size=8))).engine,
+        [PROMPTS[2]], params)[0].outputs[0]  # fmt: skip
+    engine = AsyncEngine(EngineConfig(model=str(random_llama), device="cpu", dtype="float32",
+                                      block_size=8))  # fmt: skip
+
+    async def consume(kind: RequestOutputKind, busy_s: float) -> list[RequestOutput]:
+        outs = []
+        async for out in engine.generate(PROMPTS[2], replace(params, output_kind=kind)):
+            outs.append(out)
+            time.sleep(busy_s)  # the loop's thread is busy (a UI drawing), not awaiting
+        return outs
+
+    async def in_step(kind: RequestOutputKind) -> list[RequestOutput]:
+        """One step at a time (the learner's Step button), each output taken before the
+        next step: nothing to merge."""
+        engine.pause(wait=True)
+        task = asyncio.create_task(consume(kind, 0.0))
+        while not task.done():
+            await asyncio.wrap_future(engine.step_once_async())
+            await asyncio.sleep(0.01)
+        engine.resume()
+        return task.result()
+
+    try:
+        slow = {k: asyncio.run(consume(k, 0.05)) for k in (CUMULATIVE, DELTA)}
+        stepped = asyncio.run(in_step(DELTA))
+    finally:
+        engine.shutdown()
+    assert [o.outputs[0].token_ids for o in stepped] == [[t] for t in want.token_ids]
+    for kind, outs in slow.items():
+        assert 2 <= len(outs) < 20, kind  # merged: about one output per 50 ms, not per token
+        assert [t for o in outs for t in o.outputs[0].delta_token_ids] == want.token_ids
+        assert "".join(o.outputs[0].delta_text for o in outs) == want.text
+        assert outs[-1].finished and not any(o.finished for o in outs[:-1])
+    assert slow[CUMULATIVE][-1].outputs[0].token_ids == want.token_ids
+    assert [t for o in slow[DELTA] for t in o.outputs[0].token_ids] == want.token_ids
 
 
 def test_server_metrics_count_each_sample_of_a_delta_stream_once():
@@ -239,3 +340,34 @@ def test_server_metrics_count_each_sample_of_a_delta_stream_once():
     assert (count("stop"), count("length"), count("abort")) == (1.0, 1.0, 0.0)
     assert metrics.registry.get_sample_value("vllm:generation_tokens_total",
                                              {"model_name": "m", "engine": "0"}) == 4  # fmt: skip
+
+
+def test_server_metrics_count_an_inter_token_latency_per_merged_step():
+    """An output standing for three steps (its consumer fell behind) counts three
+    inter-token latencies, from the engine's token times, as vLLM counts per iteration."""
+    from types import SimpleNamespace
+
+    from engine.async_engine import EngineMetrics
+    from engine.outputs import RequestMetrics
+    from engine.server.metrics import ServerMetrics
+
+    metrics = ServerMetrics(SimpleNamespace(metrics=EngineMetrics, max_model_len=64), model_name="m")
+    tracker = metrics.track()
+    times = RequestMetrics(arrival_time=10.0, first_scheduled_time=10.0, first_token_time=10.5,
+                           last_token_time=10.5)  # fmt: skip
+    first = CompletionOutput(0, "a", [5], delta_text="a", delta_token_ids=[5])
+    tracker.observe(RequestOutput("r", None, [1], [first], False, times), 1)
+    times.last_token_time = 11.1  # three more steps' tokens, taken at once
+    merged = CompletionOutput(0, "abcd", [5, 6, 7, 8], delta_text="bcd", delta_token_ids=[6, 7, 8])
+    tracker.observe(RequestOutput("r", None, [1], [merged], False, times), 3)
+    labels = {"model_name": "m", "engine": "0"}
+
+    def sample(name: str) -> float:
+        return metrics.registry.get_sample_value(f"vllm:{name}", labels)
+
+    assert sample("time_to_first_token_seconds_count") == 1
+    assert sample("time_to_first_token_seconds_sum") == pytest.approx(0.5)
+    assert sample("inter_token_latency_seconds_count") == 3
+    assert sample("inter_token_latency_seconds_sum") == pytest.approx(0.6)
+    assert metrics.registry.get_sample_value(
+        "vllm:inter_token_latency_seconds_bucket", {**labels, "le": "0.2"}) == 3

@@ -353,8 +353,10 @@ def test_the_default_model_through_its_own_chat_template(default_loaded):
     """SmolLM2's real template and BPE tokenizer: usage still equals the token counts."""
     from engine import LLMEngine
 
-    engine = AsyncEngine(engine=LLMEngine(EngineConfig(device="cpu", dtype="float32"),
-                                          loaded=default_loaded))
+    # float32 storage, as make_engine's: the first engine over the shared model packs it,
+    # and "auto" (bfloat16 for this checkpoint) would leave it unusable for the others.
+    config = EngineConfig(device="cpu", dtype="float32", cpu_weight_dtype="float32")
+    engine = AsyncEngine(engine=LLMEngine(config, loaded=default_loaded))
     prompt_ids = engine.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True,
                                                       tokenize=True, return_dict=False)
     try:

@@ -195,12 +195,23 @@ class RequestTracker:
             m.request_params_max_tokens.observe(max_tokens)
 
     def _observe_latency(self, out: RequestOutput, now: float) -> None:
+        """TTFT once, then an inter-token latency per engine step, from the engine's own
+        token times (not when this consumer happened to wake). An output that stands for
+        several steps (the consumer fell behind and the stream merged them) counts each
+        step, sharing the time between them evenly, as vLLM counts per engine iteration."""
+        t = out.metrics
+        steps = max((len(c.delta_token_ids) for c in out.outputs), default=0) or 1
+        latest = t.last_token_time if t.last_token_time is not None else now
         if self.last_token_time is None:
-            first = out.metrics.time_to_first_token
+            first = t.time_to_first_token
             self.metrics.ttft.observe(first if first is not None else now - self.created)
-        else:
-            self.metrics.itl.observe(now - self.last_token_time)
-        self.last_token_time = now
+            self.last_token_time = t.first_token_time if t.first_token_time is not None else now
+            steps -= 1
+        if steps > 0:
+            gap = max(latest - self.last_token_time, 0.0) / steps
+            for _ in range(steps):
+                self.metrics.itl.observe(gap)
+        self.last_token_time = latest
 
     def _finish(self, out: RequestOutput, now: float) -> None:
         self.done = True
