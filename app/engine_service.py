@@ -24,6 +24,12 @@ class EngineLoadError(RuntimeError):
     """The model could not be loaded; the message says why."""
 
 
+# How often the engine thread hands the panels its step records and a KV picture while it
+# steps (AsyncEngine.stats_interval): 10 a second looks live, and every hand-off redraws
+# the block grid and the timeline on the UI thread, so more would only cost it. Paused,
+# single-stepped or idle, the panels get each step at once.
+PANEL_INTERVAL_S = 0.1
+
 # The learner's small cache: few enough blocks to see each one, to fill up and to preempt.
 SMALL_CACHE_FIELDS = {"num_kv_blocks": 64, "block_size": 16}
 
@@ -41,7 +47,8 @@ def build_engine(config_fields: dict[str, Any], loaded: Any = None) -> tuple[Any
         from engine.async_engine import AsyncEngine
 
         config = EngineConfig(**config_fields)
-        engine = AsyncEngine(engine=LLMEngine(config, loaded=loaded))
+        engine = AsyncEngine(engine=LLMEngine(config, loaded=loaded),
+                             stats_interval=PANEL_INTERVAL_S)
     finally:
         gc.freeze()
         gc.enable()

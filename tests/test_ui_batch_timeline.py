@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QToolTip
 from test_static_batching import entry, record, scenario
 
 from engine.stats import StepKind
+from ui import timeline_canvas
 from ui.batch_timeline_view import BatchTimelineView
 from ui.panel_types import RequestOwner
 from ui.timeline_canvas import NEUTRAL
@@ -131,18 +132,29 @@ def test_static_batching_line(view):
     assert "static batches of 1" in view.static_batching_label.text()
 
 
-def test_hovering_a_column_shows_its_batch(view, qtbot):
+def test_hovering_a_column_shows_its_batch(view, qtbot, monkeypatch):
     view.add_records(scenario())
     viewport = view.canvas.viewport()
-    # The canvas shows the tip inside its mouseMoveEvent, so the tip is there when
-    # mouseMove returns: read it then, not after a wait. Waiting was what flaked: Qt hides
-    # a tooltip on any window activation, focus change or close anywhere in the app, which
-    # the wait's event processing may deliver (a window of an earlier test, this view's own
-    # activation), and no second hover brings it back. And Qt drops a move to where the
-    # cursor already is, so the cursor goes somewhere else first.
-    qtbot.waitActive(view)  # its activation events are behind us, not pending
+    # What the canvas asks Qt to show is recorded on its way to the real QToolTip: Qt
+    # hides a shown tip on any window activation, focus change or close anywhere in the
+    # app (a window of an earlier test, this view's own activation), so whether it is
+    # still up when the test looks was what flaked, not the canvas.
+    shown: list[tuple[str, object]] = []
+
+    class RecordingToolTip:
+        @staticmethod
+        def showText(pos, text, widget=None):  # noqa: N802
+            shown.append((text, widget))
+            QToolTip.showText(pos, text, widget)
+
+        hideText = staticmethod(QToolTip.hideText)  # noqa: N815
+
+    monkeypatch.setattr(timeline_canvas, "QToolTip", RecordingToolTip)
+    qtbot.waitActive(view)
+    # Qt drops a move to where the cursor already is, so the cursor goes elsewhere first.
     qtbot.mouseMove(viewport, QPoint(1, 1))  # the row labels: no column, no tip
-    assert view.canvas.column_at(1) is None
+    assert view.canvas.column_at(1) is None and shown == []
     qtbot.mouseMove(viewport, view.canvas.cell_rect("B", 1).center())
-    assert QToolTip.isVisible()
-    assert QToolTip.text() == view.column_tooltip(1)
+    assert shown == [(view.column_tooltip(1), viewport)]
+    if QToolTip.isVisible():
+        assert QToolTip.text() == view.column_tooltip(1)

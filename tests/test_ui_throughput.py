@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.stats import StepStats
+from ui.throughput_series import ThroughputSeries
 from ui.throughput_view import ThroughputView
 
 T0 = 1000.0
@@ -96,6 +97,29 @@ def test_latency_percentiles_equal_numpy_on_the_inputs(view, qtbot):
         window = [v for r in records if t - 10 < r.finished_time <= t
                   for v in r.inter_token_latency]  # fmt: skip
         assert yi == pytest.approx(np.percentile(window, 95) * 1000)
+
+
+def test_latency_points_kept_between_redraws_equal_numpy_on_the_inputs():
+    """Records arriving over a minute, the series asked after each batch: the points it
+    keeps from earlier redraws, and those it computes fresh, across grid-step changes as
+    the window grows, all equal numpy's percentile of their own 10 s window."""
+    records = make_records(2000)  # 62.5 s
+    series = ThroughputSeries()
+    times, values = np.empty(0), np.empty(0)
+    steps_seen = set()
+    for first in range(0, len(records), 40):
+        batch = records[first : first + 40]
+        series.add(batch)
+        times = np.append(times, [r.finished_time for r in batch for _ in r.inter_token_latency])
+        values = np.append(values, [v for r in batch for v in r.inter_token_latency])
+        x, (p50, p95) = series.latency("itl", (50, 95))
+        assert x[-1] + T0 == batch[-1].finished_time and len(x) <= 80
+        steps_seen.add(round(float(np.min(np.diff(x))), 6) if len(x) > 2 else None)
+        for xi, a, b in zip(x, p50, p95, strict=True):
+            t = xi + T0
+            window = values[(times > t - 10) & (times <= t)]
+            assert (a, b) == pytest.approx(tuple(np.percentile(window, (50, 95))))
+    assert len(steps_seen - {None}) >= 3  # the grid step grew as the window did
 
 
 def test_gauges_and_kv_percent(view, qtbot):

@@ -1,12 +1,14 @@
 """The throughput panel: six small charts stacked on one time axis, and the totals.
 
 Records arrive a few times a second, several at a time; `add_records` only appends them to
-a ring buffer. A QTimer redraws at ~6 Hz while new data comes and stops when it does not,
-so the charts cost nothing when the engine is idle and never redraw per step.
+a ring buffer and arms a single-shot QTimer: the charts redraw at most 5 times a second,
+a little after the records came, only while new data comes, so they cost nothing when the
+engine is idle and never redraw per step.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +23,11 @@ from engine import StepStats
 from ui.remote_metrics_view import RemoteMetricsView
 from ui.throughput_series import Series, ThroughputSeries
 
-REDRAW_MS = 160  # ~6 Hz: live enough, and six charts' repaints stay a small share of the UI
+REDRAW_MS = 200  # 5 Hz: live enough, and six charts' repaints stay a small share of the UI
+# A redraw comes at least this long after the records that asked for it: not in the same
+# pass of the event loop as the block grid and the timeline, which redraw as the records
+# come (10 a second), so the three panels' work is spread over passes, not piled in one.
+AFTER_RECORDS_MS = 40
 X_STEP_S = 30.0  # the time axis moves in whole steps, not on every redraw (see _redraw)
 
 
@@ -85,8 +91,9 @@ class ThroughputView(QWidget):
         self._dirty = False
         self._redraws = 0
         self._timer = QTimer(self)
-        self._timer.setInterval(REDRAW_MS)
+        self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._tick)
+        self._last_redraw = 0.0  # time.monotonic() of the latest redraw
         self.totals_label = QLabel(self.series.totals.describe(), self)
         self.totals_label.setObjectName("throughputTotals")
         self.totals_label.setWordWrap(True)
@@ -133,8 +140,9 @@ class ThroughputView(QWidget):
             return
         self.series.add(records)
         self._dirty = True
-        if not self._timer.isActive():
-            self._timer.start()
+        if not self._timer.isActive():  # else the pending redraw will draw these too
+            due = REDRAW_MS - 1000 * (time.monotonic() - self._last_redraw)
+            self._timer.start(int(max(AFTER_RECORDS_MS, due)))
 
     def clear(self) -> None:
         self.series.clear()
@@ -153,9 +161,9 @@ class ThroughputView(QWidget):
 
     def _tick(self) -> None:
         if not self._dirty:
-            self._timer.stop()  # idle: no wake-ups until the next record
             return
         self._dirty = False
+        self._last_redraw = time.monotonic()
         self._redraw()
 
     def _redraw(self) -> None:
