@@ -115,7 +115,10 @@ class _Stream:
         self.delta = delta  # DELTA outputs: merging concatenates them
         self._lock = threading.Lock()
         self._item: RequestOutput | BaseException | None = None
-        self._ready = asyncio.Event()  # set (in the loop) while an item waits
+        # The consumer's wake-up: a future of `loop`'s own, not an asyncio.Event. An Event
+        # binds to whatever loop runs at its next wait, and qasync steps tasks with none
+        # running (the Qt pass that ends its run_until_complete): the Event then raised.
+        self._waiter: asyncio.Future | None = None
 
     def put(self, item: RequestOutput | BaseException) -> None:
         """From the engine thread."""
@@ -125,21 +128,28 @@ class _Stream:
                 self._item = item  # an error ends the stream: it replaces what waits
             elif isinstance(waiting, RequestOutput):
                 self._item = merge_outputs(waiting, item, self.delta)
-            if waiting is not None:
-                return  # the consumer has been woken for it already
+            waiter = self._waiter
+            if waiting is not None or waiter is None:
+                return  # the consumer has been woken for it already, or will find it
         try:
-            self.loop.call_soon_threadsafe(self._ready.set)
+            self.loop.call_soon_threadsafe(_wake, waiter)
         except RuntimeError:
             pass  # the consumer's loop is closed: nobody is listening any more
 
     async def get(self) -> RequestOutput | BaseException:
         while True:
-            await self._ready.wait()
             with self._lock:
                 item, self._item = self._item, None
-                self._ready.clear()
+                self._waiter = None if item is not None else self.loop.create_future()
+                waiter = self._waiter
             if item is not None:
                 return item
+            await waiter
+
+
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():  # a cancelled consumer's future is done already
+        waiter.set_result(None)
 
 
 class AsyncEngine:

@@ -36,7 +36,16 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def run(loop, awaitable, timeout: float = 60.0):
-    return loop.run_until_complete(asyncio.wait_for(awaitable, timeout))
+    """Drive `loop` until `awaitable` is done, as the app's own loop would. Not qasync's
+    run_until_complete: it ends with one more pass of Qt's events after clearing the running
+    loop, and a task stepped in that pass finds no loop (httpx's streams then raise), which
+    the app never meets (its run_until_complete ends only at quit)."""
+    future = asyncio.ensure_future(asyncio.wait_for(awaitable, timeout), loop=loop)
+    future.add_done_callback(lambda _: loop.stop())
+    loop.run_forever()
+    if not future.done():
+        raise RuntimeError("the loop stopped before the awaitable was done")
+    return future.result()
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
@@ -68,7 +77,7 @@ def close_app(loop, window) -> None:
     """Close it as a person would (closeEvent shuts the app down), then let tasks finish."""
     window.close()
     window.controller.shutdown()  # a no-op if closeEvent did it
-    loop.run_until_complete(asyncio.sleep(0.05))
+    run(loop, asyncio.sleep(0.05))
     window.deleteLater()
 
 

@@ -273,3 +273,31 @@ def test_info_and_metrics_are_read_only_records(random_llama):
     assert final.prefix_queries == core.kv_manager.prefix_queries > 0
     engine.shutdown()
     assert engine.info() == facts  # still readable after shutdown
+
+
+
+def test_a_stream_survives_being_stepped_outside_the_running_loop(random_llama, qapp):
+    """qasync's run_until_complete ends with one more pass of Qt's events after it has
+    cleared the running loop, so a consumer woken in that pass steps with no running loop
+    (the app tests drive the app in such slices). Its stream must keep working there: an
+    asyncio.Event binds itself to whatever loop runs at its next wait, and raised "bound to
+    a different event loop" (a local pane's reply failed so in CI). Here the slices are
+    alternated with such bare passes, many times over."""
+    import qasync
+
+    loop = qasync.QEventLoop(qapp, already_running=False)
+    engine = AsyncEngine(config(random_llama))
+    expected = run_to_completion(LLMEngine(config(random_llama)), PROMPTS[:2], greedy(120))
+    try:
+        tasks = [loop.create_task(collect(engine, p, greedy(120))) for p in PROMPTS[:2]]
+        while not all(t.done() for t in tasks):
+            loop.run_until_complete(asyncio.sleep(0.002))
+            for _ in range(3):  # Qt's events, outside any running asyncio loop
+                time.sleep(0.002)
+                qapp.processEvents()
+        for task, exp in zip(tasks, expected):
+            deltas, last = task.result()
+            assert [t for d in deltas for t in d] == exp.outputs[0].token_ids
+    finally:
+        engine.shutdown()
+        loop.close()
