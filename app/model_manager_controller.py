@@ -23,6 +23,7 @@ from app.hub.local_models import delete_model, list_local_models, model_config
 from app.hub.plan import plan_download
 from app.hub.queue_store import DownloadQueue, Job
 from engine import fit_estimate
+from engine.checkpoint_precision import matrix_precision
 from ui.model_manager import ModelManager
 from ui.model_types import human_bytes
 
@@ -376,12 +377,19 @@ class ModelManagerController(QObject):
 
 def local_fit(model: Any, free: int, device: str) -> Any | None:
     """The fit estimate of a downloaded model, before it is loaded (None without a config):
-    weights at the engine's dtype on this device, the default context."""
+    weights as the engine will hold them on this device, the default context. On the CPU
+    a native model's linears are packed in the storage cpu_weight_dtype="auto" picks from the
+    files (bfloat16 for bfloat16 and quantized checkpoints); a generic (transformers) one
+    keeps every weight in float32."""
     config = model_config(model)
     if not config or not model.supported:
         return None
     dtype = fit_estimate.engine_dtype_bytes(device)
-    weights = fit_estimate.weights_bytes(config, dtype_bytes=dtype)
+    if device.startswith("CPU") and model.runs_as.startswith("native"):
+        stored = fit_estimate.cpu_stored_bytes(matrix_precision(Path(model.path)))
+        weights = fit_estimate.cpu_weights_bytes(config, stored)
+    else:
+        weights = fit_estimate.weights_bytes(config, dtype_bytes=dtype)
     return fit_estimate.estimate_fit(weights, config, fit_estimate.default_context(config),
                                      free, device, dtype_bytes=dtype)  # fmt: skip
 

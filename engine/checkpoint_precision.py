@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 QUANTIZED, BFLOAT16, FLOAT16, FLOAT32 = "quantized", "bfloat16", "float16", "float32"
+# The precisions EngineConfig.cpu_weight_dtype="auto" keeps in bfloat16.
+CPU_BF16_PRECISIONS = (BFLOAT16, QUANTIZED)
 
 _SAFETENSORS_NAMES = {"BF16": BFLOAT16, "F16": FLOAT16, "F32": FLOAT32, "F64": FLOAT32}
 _GGUF_FLOAT_TYPES = {0: FLOAT32, 1: FLOAT16, 30: BFLOAT16}  # GGMLQuantizationType; others quantize

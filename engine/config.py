@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.checkpoint_precision import CPU_BF16_PRECISIONS
+
 # On CPU the cache gets a fixed byte budget that sits comfortably next to the weights.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 
 CPU_WEIGHT_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
-# checkpoint_precision.matrix_precision values that "auto" keeps in bfloat16.
-CPU_BF16_PRECISIONS = ("bfloat16", "quantized")
 
 
 @dataclass(slots=True)

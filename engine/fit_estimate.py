@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.checkpoint_precision import CPU_BF16_PRECISIONS
+
 GiB = 2**30
 MiB = 2**20
 OVERHEAD_FIXED_BYTES = 512 * MiB
@@ -27,7 +29,8 @@ DEFAULT_CONTEXT = 8192
 
 __all__ = [
     "FitEstimate", "estimate_fit", "kv_bytes_per_token", "weights_bytes", "parameter_count",
-    "free_memory", "engine_dtype_bytes", "format_bytes", "context_label", "default_context",
+    "free_memory", "engine_dtype_bytes", "cpu_weights_bytes", "cpu_stored_bytes",
+    "format_bytes", "context_label", "default_context",
 ]  # fmt: skip
 
 
@@ -97,6 +100,26 @@ def weights_bytes(
     if num_parameters is None:
         num_parameters = parameter_count(config) if config is not None else 0
     return int(num_parameters) * dtype_bytes
+
+
+def cpu_weights_bytes(config: Any, stored_bytes: int = 4) -> int:
+    """Bytes a natively run model's weights take in the CPU engine (engine/model_runner.py):
+    the embedding and norms plain in float32 (lookups and norms read them so), every linear,
+    an untied head included, packed with `stored_bytes` a weight (4, or 2 for bfloat16
+    storage: EngineConfig.cpu_weight_dtype), and a tied head's packed copy beside the
+    embedding (engine/models/base.py pack_tied_head)."""
+    hidden, layers = int(_get(config, "hidden_size", 0)), int(_get(config, "num_hidden_layers", 0))
+    embedding = int(_get(config, "vocab_size", 0)) * hidden
+    plain = embedding + (2 * layers + 1) * hidden  # two norms a layer, the final norm
+    tied = bool(_get(config, "tie_word_embeddings", False))
+    linears = parameter_count(config) - plain + (embedding if tied else 0)
+    return plain * 4 + linears * stored_bytes
+
+
+def cpu_stored_bytes(precision: str | None) -> int:
+    """Bytes a packed CPU linear keeps a weight in under cpu_weight_dtype="auto", for a
+    checkpoint of `precision` (engine/checkpoint_precision.py matrix_precision)."""
+    return 2 if precision in CPU_BF16_PRECISIONS else 4
 
 
 def engine_dtype_bytes(device_name: str) -> int:

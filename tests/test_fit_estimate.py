@@ -105,3 +105,52 @@ def test_free_memory_on_the_cpu_is_available_ram():
     free, name = free_memory("cpu")
     assert name == "CPU (RAM)"
     assert abs(free - psutil.virtual_memory().available) < 512 * 2**20
+
+
+def _held_bytes(model) -> int:
+    """Bytes of every weight the loaded model holds, a tied head's packed copy included."""
+    tensors = {id(p): p for p in model.parameters()}
+    if getattr(model, "packed_tied_head", None) is not None:
+        tensors[id(model.packed_tied_head)] = model.packed_tied_head
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@pytest.mark.skipif(__import__("kernels.cpu_linear").cpu_linear.load() is None,
+                    reason="packing needs the CPU linear kernel (AVX2/FMA, a C++ compiler)")
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("checkpoint_dtype, stored_bytes", [("float32", 4), ("bfloat16", 2)])
+def test_a_local_models_cpu_estimate_counts_the_weights_as_the_engine_holds_them(
+    tmp_path, tied, checkpoint_dtype, stored_bytes
+):
+    """Against the engine itself: a model loaded on the CPU with cpu_weight_dtype="auto"
+    (bfloat16 storage for a bfloat16 checkpoint), its tensors' bytes counted. The
+    download dialog's figure for the same folder (`local_fit`) is built on the same count;
+    it used to say 4 bytes a weight whatever the storage, and left out a tied head's copy."""
+    import json
+
+    import torch
+
+    from app.hub.local_models import LocalModel
+    from app.model_manager_controller import local_fit
+    from engine import EngineConfig, LLMEngine
+    from engine import fit_estimate as fe
+    from engine.checkpoint_precision import matrix_precision
+    from model_factory import make_random_llama
+
+    folder = make_random_llama(tmp_path / "m", hidden_size=256, intermediate_size=512,
+                               tie_word_embeddings=tied, dtype=getattr(torch, checkpoint_dtype))  # fmt: skip
+    config = json.loads((folder / "config.json").read_text())
+    assert fe.cpu_stored_bytes(matrix_precision(folder)) == stored_bytes
+    engine = LLMEngine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
+                                    kv_cache_bytes=1 << 20))  # fmt: skip
+    held = _held_bytes(engine.runner.model)
+    # Packing pads each matrix to 16 outputs (the byte vocab of 259 to 272 rows): ≤ 2% here.
+    assert fe.cpu_weights_bytes(config, stored_bytes) == pytest.approx(held, rel=0.02)
+
+    model = LocalModel(name="m", repo_id=None, path=folder, size_on_disk=0,
+                       architecture="LlamaForCausalLM", context_length=1024, supported=True,
+                       why_not="", kind="folder", runs_as="native Llama")  # fmt: skip
+    estimate = local_fit(model, 64 * GIB, "CPU")
+    kv = fe.kv_bytes_per_token(config, 4) * fe.default_context(config)
+    weights = (estimate.needed_bytes - kv - fe.OVERHEAD_FIXED_BYTES) / (1 + fe.OVERHEAD_FRACTION)
+    assert weights == pytest.approx(held, rel=0.02)
