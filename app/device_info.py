@@ -12,7 +12,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class EngineInfo:
     model_name: str
-    device: str  # "NVIDIA H100 80GB HBM3 (79.1 GiB)" or "CPU (reason)"
+    device: str  # "NVIDIA H100 80GB HBM3 (79.1 GiB)" or "CPU (reason) · weights in bfloat16"
     attention_backend: str
     kv_tokens: int
     num_kv_blocks: int
@@ -71,9 +71,12 @@ def engine_info(facts, requested_device: str = "auto") -> EngineInfo:
     """The status bar's strings from `AsyncEngine.info()` (engine.async_engine.EngineFacts)."""
     tp = getattr(facts, "tensor_parallel_size", 1)
     parallel = describe_parallel(facts.device, tp)
+    storage = getattr(facts, "cpu_weight_storage", "")
+    device = describe_device(facts.device, requested_device)
+    device += f" · weights in {storage}" if storage else ""  # the CPU's packed linears
     return EngineInfo(
         model_name=facts.model_name,
-        device=describe_device(facts.device, requested_device) + (f" · {parallel}" if parallel else ""),
+        device=device + (f" · {parallel}" if parallel else ""),
         attention_backend=facts.attention_backend,
         kv_tokens=facts.num_kv_blocks * facts.block_size,
         num_kv_blocks=facts.num_kv_blocks,

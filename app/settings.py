@@ -11,6 +11,7 @@ from PySide6.QtCore import QSettings
 from app.paths import settings_path
 
 THEMES = ("system", "light", "dark")
+CPU_WEIGHT_DTYPES = ("auto", "float32", "bfloat16")  # EngineConfig.cpu_weight_dtype (no torch here)
 
 
 @dataclass(slots=True)
@@ -21,6 +22,7 @@ class AppSettings:
     block_size: int = 16
     max_num_seqs: int = 64
     tensor_parallel_size: int = 1  # ranks (GPUs, or CPU processes over gloo) to shard over
+    cpu_weight_dtype: str = "auto"  # how the CPU's packed linears keep their weights
     theme: str = "system"
     server_port: int = 8000
     server_api_key: str = ""
@@ -35,6 +37,7 @@ class AppSettings:
             "block_size": self.block_size,
             "max_num_seqs": self.max_num_seqs,
             "tensor_parallel_size": max(1, self.tensor_parallel_size),
+            "cpu_weight_dtype": self.cpu_weight_dtype,
         }
 
 
@@ -55,6 +58,8 @@ def load_settings(qsettings: QSettings) -> AppSettings:
             values[f.name] = default
     if values["theme"] not in THEMES:
         values["theme"] = defaults.theme
+    if values["cpu_weight_dtype"] not in CPU_WEIGHT_DTYPES:
+        values["cpu_weight_dtype"] = defaults.cpu_weight_dtype
     return AppSettings(**values)
 
 

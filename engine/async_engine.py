@@ -86,6 +86,7 @@ class EngineFacts:
     max_model_len: int
     vocab_size: int  # the model's: token ids run from 0 to vocab_size - 1
     tensor_parallel_size: int = 1  # ranks the model is sharded over; the KV blocks are per rank
+    cpu_weight_storage: str = ""  # "bfloat16" / "float32" of packed CPU linears; "" if none
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,7 +398,7 @@ class AsyncEngine:
         return EngineFacts(e.model_name, e.model_path.label, e.device, e.dtype,
                            str(e.attention_backend), e.num_kv_blocks, e.config.block_size,
                            e.max_model_len, e.loaded.hf_config.vocab_size,
-                           e.tensor_parallel_size)  # fmt: skip
+                           e.tensor_parallel_size, e.cpu_weight_storage)  # fmt: skip
 
     def _measure(self) -> EngineMetrics:
         e, kv = self.engine, self.engine.kv_manager

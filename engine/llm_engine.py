@@ -132,6 +132,16 @@ class LLMEngine:
     def tensor_parallel_size(self) -> int:
         return self.config.tensor_parallel_size
 
+    @property
+    def cpu_weight_storage(self) -> str:
+        """"bfloat16" or "float32": what the packed CPU linears keep their weights in (the
+        storage cpu_weight_dtype chose); "" where none is packed (a GPU, packing off or not
+        available here: the weights then stay plain in the model's dtype)."""
+        if self.device.type != "cpu":
+            return ""
+        stored = packed_storage(self.runner.model)  # rank 0's, under tensor parallelism
+        return str(stored).removeprefix("torch.") if stored is not None else ""
+
     def rank_parameter_bytes(self) -> list[int]:
         """Bytes of model parameters held by each rank (one entry at TP=1)."""
         model = self.runner.model

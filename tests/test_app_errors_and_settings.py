@@ -7,11 +7,13 @@ import asyncio
 import sys
 import threading
 
+import pytest
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QApplication, QLabel
 
 from app.crash_handler import CrashReporter
 from app.settings import load_settings, open_qsettings
+from kernels import cpu_linear
 from app_testing import (  # noqa: F401  (fixtures)
     close_app, open_app, qloop, run, tiny_model, until, write_settings,
 )
@@ -81,9 +83,12 @@ def test_settings_dialog_saves_to_qsettings_and_applies_the_theme(qloop, tiny_mo
     dialog.port.setValue(8123)
     dialog.api_key.setText("k")
     dialog.model.setText("/models/x")
+    assert dialog.cpu_weights.currentData() == "auto"
+    dialog.cpu_weights.setCurrentIndex(dialog.cpu_weights.findData("bfloat16"))
     dialog.accept()
     saved = load_settings(open_qsettings(tmp_path))
     assert (saved.kv_cache_bytes, saved.block_size, saved.max_num_seqs) == (64 << 20, 32, 8)
+    assert saved.engine_config_fields()["cpu_weight_dtype"] == "bfloat16"
     assert (saved.theme, saved.server_port, saved.server_api_key) == ("dark", 8123, "k")
     assert saved.engine_config_fields()["model"] == "/models/x"
     window_color = QApplication.instance().palette().color(QPalette.ColorRole.Window)
@@ -97,3 +102,18 @@ def vars_of(settings) -> dict:
     from dataclasses import asdict
 
     return asdict(settings)
+
+
+@pytest.mark.skipif(cpu_linear.load() is None, reason="packing needs the CPU linear kernel")
+def test_the_cpu_weight_storage_setting_reaches_the_engine_and_the_status_bar(qloop, tiny_model,
+                                                                            tmp_path):  # fmt: skip
+    """The tiny model is a float32 checkpoint: "auto" keeps it float32, the setting can ask
+    for bfloat16 (and the engine then gives other logprobs: test_cpu_packed_weights.py)."""
+    for setting, storage in (("auto", "float32"), ("bfloat16", "bfloat16")):
+        data_dir = tmp_path / setting
+        window = open_app(qloop, data_dir, tiny_model, cpu_weight_dtype=setting)
+        assert window.controller.service.engine.info().cpu_weight_storage == storage
+        assert f"weights in {storage}" in window.status.device.text()
+        close_app(qloop, window)
+    write_settings(tmp_path / "bad", cpu_weight_dtype="int3")
+    assert load_settings(open_qsettings(tmp_path / "bad")).cpu_weight_dtype == "auto"

@@ -13,6 +13,9 @@ from PySide6.QtWidgets import (
 
 BLOCK_SIZES = (8, 16, 32, 64, 128)
 THEMES = {"system": "Follow the system", "light": "Light", "dark": "Dark"}
+# EngineConfig.cpu_weight_dtype: what the CPU's packed linears keep their weights in.
+CPU_WEIGHT_STORAGE = {"auto": "Auto (bfloat16 for bfloat16 and quantized models)",
+                      "float32": "float32 (exact)", "bfloat16": "bfloat16 (half the bytes)"}  # fmt: skip
 MIB = 2**20
 
 
@@ -47,6 +50,12 @@ class SettingsDialog(QDialog):
         self.tp_devices.setWordWrap(True)
         self.tp_size.valueChanged.connect(self._describe_ranks)
         self._describe_ranks(self.tp_size.value())
+        self.cpu_weights = self._combo("settingsCpuWeights", CPU_WEIGHT_STORAGE,
+                                       values.get("cpu_weight_dtype", "auto"))  # fmt: skip
+        self.cpu_weights.setToolTip(
+            "bfloat16 weights are read about twice as fast in a CPU decode step; activations "
+            "and sums stay float32. float32 keeps every bit of a float32 or float16 model."
+        )
         self.theme = self._combo("settingsTheme", THEMES, values["theme"])
         self.port = self._spin("settingsServerPort", 1024, 65535, values["server_port"])
         self.api_key = QLineEdit(values["server_api_key"], self)
@@ -60,6 +69,7 @@ class SettingsDialog(QDialog):
         form = QFormLayout()
         form.addRow("Default model", self.model)
         form.addRow("KV cache (CPU)", self.kv_mib)
+        form.addRow("Weight storage (CPU)", self.cpu_weights)
         form.addRow("GPU memory fraction", self.gpu_fraction)
         form.addRow("Block size (tokens)", self.block_size)
         form.addRow("Max concurrent sequences", self.max_seqs)
@@ -115,6 +125,7 @@ class SettingsDialog(QDialog):
             "block_size": int(self.block_size.currentData()),
             "max_num_seqs": self.max_seqs.value(),
             "tensor_parallel_size": self.tp_size.value(),
+            "cpu_weight_dtype": self.cpu_weights.currentData(),
             "theme": self.theme.currentData(),
             "server_port": self.port.value(),
             "server_api_key": self.api_key.text(),
