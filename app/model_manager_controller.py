@@ -126,10 +126,13 @@ class ModelManagerController(QObject):
         self._local_serial += 1
         serial = self._local_serial
 
+        # the storage the engine is set to (Settings -> Weight storage), "auto" without one
+        storage = getattr(self.service, "config_fields", {}).get("cpu_weight_dtype", "auto")
+
         def work():
             memory = self._memory()
             models = list_local_models(cache, extra)
-            return serial, models, memory, [local_fit(m, *memory) for m in models]
+            return serial, models, memory, [local_fit(m, *memory, storage) for m in models]
 
         self._in_thread(work, self._show_local)
 
@@ -375,18 +378,19 @@ class ModelManagerController(QObject):
         self.closed = True
 
 
-def local_fit(model: Any, free: int, device: str) -> Any | None:
+def local_fit(model: Any, free: int, device: str, cpu_weight_dtype: str = "auto") -> Any | None:
     """The fit estimate of a downloaded model, before it is loaded (None without a config):
     weights as the engine will hold them on this device, the default context. On the CPU
-    a native model's linears are packed in the storage cpu_weight_dtype="auto" picks from the
-    files (bfloat16 for bfloat16 and quantized checkpoints); a generic (transformers) one
-    keeps every weight in float32."""
+    a native model's linears are packed in the storage `cpu_weight_dtype` asks for ("auto"
+    reads the files: bfloat16 for bfloat16 and quantized checkpoints); a generic
+    (transformers) one keeps every weight in float32."""
     config = model_config(model)
     if not config or not model.supported:
         return None
     dtype = fit_estimate.engine_dtype_bytes(device)
     if device.startswith("CPU") and model.runs_as.startswith("native"):
-        stored = fit_estimate.cpu_stored_bytes(matrix_precision(Path(model.path)))
+        precision = matrix_precision(Path(model.path))
+        stored = fit_estimate.cpu_stored_bytes(precision, cpu_weight_dtype)
         weights = fit_estimate.cpu_weights_bytes(config, stored)
     else:
         weights = fit_estimate.weights_bytes(config, dtype_bytes=dtype)

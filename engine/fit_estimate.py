@@ -116,10 +116,11 @@ def cpu_weights_bytes(config: Any, stored_bytes: int = 4) -> int:
     return plain * 4 + linears * stored_bytes
 
 
-def cpu_stored_bytes(precision: str | None) -> int:
-    """Bytes a packed CPU linear keeps a weight in under cpu_weight_dtype="auto", for a
+def cpu_stored_bytes(precision: str | None, cpu_weight_dtype: str = "auto") -> int:
+    """Bytes a packed CPU linear keeps a weight in under EngineConfig.cpu_weight_dtype, for a
     checkpoint of `precision` (engine/checkpoint_precision.py matrix_precision)."""
-    return 2 if precision in CPU_BF16_PRECISIONS else 4
+    chosen = {"float32": 4, "bfloat16": 2}.get(cpu_weight_dtype)
+    return chosen or (2 if precision in CPU_BF16_PRECISIONS else 4)
 
 
 def engine_dtype_bytes(device_name: str) -> int:

@@ -150,7 +150,15 @@ def test_a_local_models_cpu_estimate_counts_the_weights_as_the_engine_holds_them
     model = LocalModel(name="m", repo_id=None, path=folder, size_on_disk=0,
                        architecture="LlamaForCausalLM", context_length=1024, supported=True,
                        why_not="", kind="folder", runs_as="native Llama")  # fmt: skip
-    estimate = local_fit(model, 64 * GIB, "CPU")
     kv = fe.kv_bytes_per_token(config, 4) * fe.default_context(config)
-    weights = (estimate.needed_bytes - kv - fe.OVERHEAD_FIXED_BYTES) / (1 + fe.OVERHEAD_FRACTION)
-    assert weights == pytest.approx(held, rel=0.02)
+
+    def local_weights(storage: str) -> float:
+        needed = local_fit(model, 64 * GIB, "CPU", storage).needed_bytes
+        return (needed - kv - fe.OVERHEAD_FIXED_BYTES) / (1 + fe.OVERHEAD_FRACTION)
+
+    assert local_weights("auto") == pytest.approx(held, rel=0.02)
+    # The other storage, asked for in the settings: the estimate follows what the engine holds.
+    other = "float32" if stored_bytes == 2 else "bfloat16"
+    engine = LLMEngine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
+                                    kv_cache_bytes=1 << 20, cpu_weight_dtype=other))  # fmt: skip
+    assert local_weights(other) == pytest.approx(_held_bytes(engine.runner.model), rel=0.02)
